@@ -1,0 +1,163 @@
+"""Commit a work unit: its shard first, then its manifest part; rejects kept per unit and merged at the end."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests.schema import (
+    EMOTIONS, EDIT_KINDS, LABEL_KINDS, MANIFEST_SCHEMA, N_AUS, QUALITY_FIELDS, REJECTS_SCHEMA, SPLITS, STAGES,
+)
+from manifests.shards import TMP_PREFIX, ShardSample, fsync_dir, write_shard
+
+MANIFEST_DIR = "manifest"
+SHARDS_DIR = "shards"
+REJECTS_DIR = "rejects"
+REJECTS_FILE = "rejects.parquet"
+
+# Filled by the writer from the shard itself; callers never set them.
+_LOCATION_COLUMNS = ("shard", "offset", "size", "sha256")
+
+
+@dataclass
+class Sample:
+    """One image to commit: the PNG bytes plus its manifest fields (all but the shard location)."""
+    png: bytes
+    row: dict[str, Any]
+    meta: dict[str, Any] | None = field(default=None)
+
+
+def shard_relpath(split: str, run_name: str, unit_id: str) -> str:
+    return f"{SHARDS_DIR}/{split}/{run_name}-{unit_id}.tar"
+
+
+def part_path(out_root: str | os.PathLike, unit_id: str) -> Path:
+    return Path(out_root) / MANIFEST_DIR / f"part-{unit_id}.parquet"
+
+
+def unit_committed(out_root: str | os.PathLike, unit_id: str) -> bool:
+    """A unit counts as written once its manifest part exists (the part is written after its shard)."""
+    return part_path(out_root, unit_id).is_file()
+
+
+def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Parquet written to a temp name, fsynced, then renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
+
+
+def validate_row(row: dict[str, Any]) -> None:
+    """Refuse rows that break the contracts, naming the sample and the field."""
+    sid = row.get("sample_id")
+    def bad(msg: str) -> ValueError:
+        return ValueError(f"manifest row {sid!r}: {msg}")
+    if not sid or "." in sid or "/" in sid:
+        raise bad("sample_id must be non-empty without '.' or '/'")
+    for col, allowed in (("split", SPLITS), ("stage", STAGES), ("edit_kind", EDIT_KINDS), ("label_kind", LABEL_KINDS)):
+        if row.get(col) not in allowed:
+            raise bad(f"{col}={row.get(col)!r} not in {allowed}")
+    if row.get("label") not in EMOTIONS:
+        raise bad(f"label={row.get('label')!r} is not an emotion id {sorted(EMOTIONS)}")
+    for col in ("au_source", "au_target"):
+        value = row.get(col)
+        if value is not None and len(value) != N_AUS:
+            raise bad(f"{col} has {len(value)} values, expected {N_AUS}")
+    if row["split"] == "test" and row["stage"] != "original":
+        raise bad("the test split is never expanded: only originals may be in it")
+    unknown = set(row.get("quality") or {}) - set(QUALITY_FIELDS)
+    if unknown:
+        raise bad(f"unknown quality fields {sorted(unknown)}")
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    full = []
+    for row in rows:
+        validate_row(row)
+        r = {name: row.get(name) for name in MANIFEST_SCHEMA.names}
+        quality = row.get("quality") or {}
+        r["quality"] = {name: quality.get(name) for name in QUALITY_FIELDS}
+        full.append(r)
+    return pa.Table.from_pylist(full, schema=MANIFEST_SCHEMA)
+
+
+def commit_unit(
+    out_root: str | os.PathLike,
+    *,
+    split: str,
+    run_name: str,
+    unit_id: str,
+    samples: Iterable[Sample],
+    rejects: list[dict[str, str]] | None = None,
+) -> int:
+    """Write one unit: shard (atomic), then its rejects part, then its manifest part (the commit point).
+
+    Returns the number of samples written. A crash before the manifest part leaves the unit uncommitted,
+    and a re-run writes it again; the shard's bytes are deterministic, so nothing is duplicated.
+    """
+    out_root = Path(out_root)
+    samples = list(samples)
+    for s in samples:
+        overlap = set(_LOCATION_COLUMNS) & set(s.row)
+        if overlap:
+            raise ValueError(f"sample {s.row.get('sample_id')!r}: {sorted(overlap)} are set by the writer")
+        if s.row.get("split") != split:
+            raise ValueError(f"sample {s.row.get('sample_id')!r} has split {s.row.get('split')!r}, unit is {split!r}")
+    rel = shard_relpath(split, run_name, unit_id)
+    rows = []
+    if samples:
+        locations = write_shard(out_root / rel, [ShardSample(s.row["sample_id"], s.png, s.meta) for s in samples])
+        for s, loc in zip(samples, locations):
+            rows.append({**s.row, "shard": rel, "offset": loc.offset, "size": loc.size, "sha256": loc.sha256})
+    table = rows_to_table(rows)
+    write_rejects_part(out_root, unit_id, rejects or [])
+    atomic_write_table(table, part_path(out_root, unit_id))
+    return len(rows)
+
+
+def rejects_table(rows: list[dict[str, str]]) -> pa.Table:
+    clean = [{k: str(r.get(k, "")) for k in REJECTS_SCHEMA.names} for r in rows]
+    return pa.Table.from_pylist(clean, schema=REJECTS_SCHEMA)
+
+
+def write_rejects_part(out_root: str | os.PathLike, name: str, rows: list[dict[str, str]]) -> Path:
+    return atomic_write_table(rejects_table(rows), Path(out_root) / REJECTS_DIR / f"part-{name}.parquet")
+
+
+def merge_rejects(out_root: str | os.PathLike) -> Path:
+    """Gather every rejects part into `rejects.parquet` (sorted, so re-runs give the same file)."""
+    out_root = Path(out_root)
+    parts = sorted((out_root / REJECTS_DIR).glob("part-*.parquet"))
+    tables = [pq.read_table(p, schema=REJECTS_SCHEMA) for p in parts]
+    table = pa.concat_tables(tables) if tables else REJECTS_SCHEMA.empty_table()
+    if table.num_rows:
+        table = table.sort_by([("stage", "ascending"), ("source_id", "ascending"), ("reason", "ascending")])
+    return atomic_write_table(table, out_root / REJECTS_FILE)

@@ -1,0 +1,148 @@
+"""Shard + manifest write -> read round trips, verify, the Dataset, and WebDataset streaming."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from manifests.dataset import ManifestDataset, collate_samples, decode_png_rgb, encode_png_rgb
+from manifests.reader import read_manifest, read_rejects, verify
+from manifests.schema import MANIFEST_SCHEMA, N_AUS, make_sample_id
+from manifests.shards import list_members
+from manifests.writer import Sample, commit_unit, merge_rejects, unit_committed
+
+
+def _sample(i: int, split: str = "train", stage: str = "original", label: int = 4) -> Sample:
+    rng = np.random.default_rng(i)
+    rgb = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    sid = make_sample_id(f"src{i}", stage, seed=i)
+    row = {
+        "sample_id": sid, "split": split, "source_id": f"src{i}", "source_sha256": f"{i:064x}",
+        "stage": stage, "edit_kind": "none" if stage == "original" else "emotion",
+        "label": label, "label_kind": "original" if stage == "original" else "target",
+        "au_source": [i / 100.0] * N_AUS, "au_target": None if stage == "original" else [0.5] * N_AUS,
+        "seed": i, "width": 16, "height": 16, "model_versions": "test", "run_id": "run-1",
+        "quality": {"faces_found": 1, "detect_prob": 0.99},
+    }
+    return Sample(png=encode_png_rgb(rgb), row=row, meta={"label": label}), rgb
+
+
+def _commit(root, unit, idx, split="train", rejects=None):
+    pairs = [_sample(i, split=split, label=1 + i % 7) for i in idx]
+    n = commit_unit(root, split=split, run_name="t", unit_id=unit, samples=[p[0] for p in pairs], rejects=rejects)
+    return n, {p[0].row["sample_id"]: p[1] for p in pairs}
+
+
+def test_commit_read_verify_round_trip(tmp_path):
+    n1, images = _commit(tmp_path, "train-00000", range(0, 5), rejects=[{"source_id": "bad", "stage": "align", "reason": "no_face", "detail": "x"}])
+    n2, more = _commit(tmp_path, "test-00000", range(5, 8), split="test")
+    images.update(more)
+    assert (n1, n2) == (5, 3)
+    assert unit_committed(tmp_path, "train-00000") and not unit_committed(tmp_path, "train-00001")
+    table = read_manifest(tmp_path)
+    assert table.schema.equals(MANIFEST_SCHEMA)
+    assert table.num_rows == 8
+    assert (tmp_path / "shards/train/t-train-00000.tar").is_file()
+    assert (tmp_path / "shards/test/t-test-00000.tar").is_file()
+    report = verify(tmp_path)
+    assert report.ok, report.summary()
+    merge_rejects(tmp_path)
+    rejects = read_rejects(tmp_path).to_pylist()
+    assert rejects == [{"source_id": "bad", "stage": "align", "reason": "no_face", "detail": "x"}]
+    # Each row's byte range decodes to exactly the pixels written.
+    ds = ManifestDataset(tmp_path)
+    for i in range(len(ds)):
+        image, label, aus, row = ds[i]
+        assert image.shape == (3, 16, 16) and image.dtype == torch.float32
+        expected = torch.from_numpy(images[row["sample_id"]]).permute(2, 0, 1).float() / 255
+        assert torch.equal(image, expected)
+        assert label == row["label"] and aus.shape == (N_AUS,)
+
+
+def test_dataset_filters_and_collate(tmp_path):
+    _commit(tmp_path, "train-00000", range(0, 7))
+    _commit(tmp_path, "test-00000", range(7, 10), split="test")
+    assert len(ManifestDataset(tmp_path, split="test")) == 3
+    assert len(ManifestDataset(tmp_path, split="train", label=[1, 2])) == 2
+    assert len(ManifestDataset(tmp_path, stage="singan")) == 0
+    loader = torch.utils.data.DataLoader(ManifestDataset(tmp_path), batch_size=4, collate_fn=collate_samples)
+    images, labels, aus, rows = next(iter(loader))
+    assert images.shape == (4, 3, 16, 16) and labels.shape == (4,) and len(rows) == 4
+
+
+def test_verify_fails_on_tampered_shard(tmp_path):
+    _commit(tmp_path, "train-00000", range(3))
+    shard = tmp_path / "shards/train/t-train-00000.tar"
+    row = read_manifest(tmp_path).to_pylist()[1]
+    data = bytearray(shard.read_bytes())
+    data[row["offset"] + 40] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    report = verify(tmp_path)
+    assert not report.ok
+    assert any(row["sample_id"] in e and "sha256" in e for e in report.errors)
+
+
+def test_verify_reports_orphans_missing_shards_and_duplicates(tmp_path):
+    _commit(tmp_path, "train-00000", range(3))
+    # An orphan: a shard whose manifest part was never written (crash between the two writes).
+    orphan = tmp_path / "shards/train/t-train-00009.tar"
+    orphan.write_bytes((tmp_path / "shards/train/t-train-00000.tar").read_bytes())
+    report = verify(tmp_path)
+    assert not report.ok and report.orphans == ["shards/train/t-train-00009.tar"]
+    orphan.unlink()
+    # A duplicated part repeats sample ids.
+    part = tmp_path / "manifest/part-train-00000.parquet"
+    (tmp_path / "manifest/part-copy.parquet").write_bytes(part.read_bytes())
+    assert any("appears 2 times" in e for e in verify(tmp_path).errors)
+    (tmp_path / "manifest/part-copy.parquet").unlink()
+    (tmp_path / "shards/train/t-train-00000.tar").unlink()
+    assert any("is missing" in e for e in verify(tmp_path).errors)
+
+
+def test_commit_refuses_contract_breaks(tmp_path):
+    sample, _ = _sample(0, label=9)
+    with pytest.raises(ValueError, match="label=9"):
+        commit_unit(tmp_path, split="train", run_name="t", unit_id="u", samples=[sample])
+    sample, _ = _sample(0, split="test", stage="singan")
+    with pytest.raises(ValueError, match="never expanded"):
+        commit_unit(tmp_path, split="test", run_name="t", unit_id="u", samples=[sample])
+    sample, _ = _sample(0)
+    with pytest.raises(ValueError, match="unit is 'test'"):
+        commit_unit(tmp_path, split="test", run_name="t", unit_id="u", samples=[sample])
+    # Nothing was committed by the refused calls.
+    assert read_manifest(tmp_path).num_rows == 0
+
+
+def test_shards_are_deterministic_and_webdataset_compatible(tmp_path):
+    _commit(tmp_path / "a", "train-00000", range(4))
+    _commit(tmp_path / "b", "train-00000", range(4))
+    shard_a = tmp_path / "a/shards/train/t-train-00000.tar"
+    assert shard_a.read_bytes() == (tmp_path / "b/shards/train/t-train-00000.tar").read_bytes()
+    names = sorted(list_members(shard_a))
+    assert all(n.count(".") == 1 and n.split(".")[1] in ("png", "json") for n in names)
+
+    import webdataset as wds
+
+    samples = list(wds.WebDataset(str(shard_a), shardshuffle=False, empty_check=False))
+    ids = read_manifest(tmp_path / "a").column("sample_id").to_pylist()
+    assert [s["__key__"] for s in samples] == ids
+    for s in samples:
+        assert decode_png_rgb(s["png"]).shape == (16, 16, 3)
+        assert json.loads(s["json"])["label"] in range(1, 8)
+
+
+def test_crash_during_shard_write_leaves_no_half_shard(tmp_path, monkeypatch):
+    import manifests.shards as shards
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    sample, _ = _sample(0)
+    monkeypatch.setattr(shards.os, "fsync", boom)
+    with pytest.raises(RuntimeError):
+        commit_unit(tmp_path, split="train", run_name="t", unit_id="u", samples=[sample])
+    monkeypatch.undo()
+    assert not list((tmp_path / "shards").rglob("*.tar")) and not list((tmp_path / "shards").rglob(".tmp-*"))
+    assert not (tmp_path / "manifest").exists() or not list((tmp_path / "manifest").glob("*.parquet"))
