@@ -1,0 +1,137 @@
+"""The prepare flow: dataset -> ingest -> align -> AUs -> shards + manifest (stage original) + rejects + report."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from manifests.reader import verify
+from manifests.schema import stable_hash
+from manifests.writer import atomic_write_text, merge_rejects, write_rejects_part
+from tasks.align import AlignConfig
+from tasks.ingest import IngestConfig, ingest_dataset
+from tasks.prepare import AUConfig, plan_units, prepare_unit
+from tasks.report import write_report
+
+RUN_CONFIG = "run_config.json"
+
+
+class PrepareSettings(BaseModel):
+    """Everything a prepare run depends on; validated at the boundary and written before work starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="dataset root (RAF-DB, class folders, or a folder holding the CSV list)")
+    out: str = Field(description="output root: shards/, manifest/, rejects.parquet, report.md")
+    run_name: str = Field("prepare", pattern=r"^[A-Za-z0-9_-]+$", description="shard name prefix")
+    ingest: IngestConfig = IngestConfig()
+    align: AlignConfig = AlignConfig()
+    aus: AUConfig = AUConfig()
+    unit_size: int = Field(256, ge=1, description="source images per work unit (one shard each)")
+    device: str | None = Field(None, description="cuda / cpu; default: CUDA when present")
+
+    def config_hash(self) -> str:
+        """Hash of what decides the output; device and paths excluded, so a moved/resumed run matches."""
+        data = self.model_dump(mode="json", exclude={"device", "out"})
+        return stable_hash(data, 16)
+
+
+class ConfigMismatch(RuntimeError):
+    """The output root holds a run made with different settings."""
+
+
+def write_run_config(settings: PrepareSettings) -> str:
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RUN_CONFIG
+    digest = settings.config_hash()
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous.get("config_hash") != digest:
+            raise ConfigMismatch(
+                f"{out} was written with other settings (config {previous.get('config_hash')} vs {digest}); "
+                "resume needs the same settings: use another --out, or delete the folder to start over")
+        return digest
+    atomic_write_text(json.dumps({"flow": "prepare", "config_hash": digest,
+                                  "settings": settings.model_dump(mode="json")}, indent=2), path)
+    return digest
+
+
+@task(name="prepare-unit", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def prepare_unit_task(unit, out: str, run_name: str, run_id: str, align: AlignConfig, aus: AUConfig, device: str | None) -> dict:
+    return prepare_unit(unit, out, run_name=run_name, run_id=run_id, align=align, aus=aus, device=device)
+
+
+def _run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or uuid.uuid4())
+
+
+@flow(name="prepare", log_prints=True)
+def prepare(settings: PrepareSettings) -> dict:
+    """Prepare a dataset for expansion; re-running on the same output resumes and never duplicates."""
+    logger = get_run_logger()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    # 1. Resolve and record the settings before any work.
+    config_hash = write_run_config(settings)
+    out = settings.out
+
+    # 2. Ingest: labels, splits, source ids and hashes; bad entries become rejects.
+    ingested = ingest_dataset(settings.dataset, settings.ingest)
+    write_rejects_part(out, "ingest", ingested.rejects)
+    logger.info(ingested.summary())
+    for warning in ingested.warnings:
+        logger.warning(warning)
+    timings["ingest"] = time.perf_counter() - t0
+
+    # 3. Cut into work units (one shard + one manifest part each).
+    units = plan_units(ingested.records, settings.unit_size, config_hash)
+    logger.info(f"{len(units)} work units of up to {settings.unit_size} images")
+
+    # 4. Align + read AUs + commit, unit by unit; committed units are skipped.
+    t1 = time.perf_counter()
+    run_id = _run_id()
+    results = []
+    for unit in tqdm(units, desc="prepare units", unit="unit"):
+        result = prepare_unit_task(unit, out, settings.run_name, run_id, settings.align, settings.aus, settings.device)
+        results.append(result)
+        status = "skipped (already committed)" if result["skipped"] else f"{result['written']} written, rejects {result['rejected']}"
+        logger.info(f"unit {unit.unit_id}: {status}")
+    timings["align + AUs + write"] = time.perf_counter() - t1
+
+    # 5. Gather rejects, check the output, write the report.
+    merge_rejects(out)
+    check = verify(out)
+    timings["total"] = time.perf_counter() - t0
+    notes = [f"config hash {config_hash}", f"{sum(r['skipped'] for r in results)} of {len(units)} units were already committed",
+             f"verify: {check.summary().splitlines()[0]}", *ingested.warnings]
+    report_md, sheet = write_report(out, "Prepare run", timings, notes=notes)
+    _publish_artifacts(report_md)
+    summary = {"out": out, "units": len(units), "written": sum(r["written"] for r in results),
+               "skipped_units": sum(r["skipped"] for r in results), "verify_ok": check.ok,
+               "report": str(report_md), "contact_sheet": str(sheet)}
+    if not check.ok:
+        raise RuntimeError(f"output failed verification:\n{check.summary()}")
+    return summary
+
+
+def _publish_artifacts(report_md: Path) -> None:
+    """Attach the report to the flow run in the Prefect UI (best effort: a report never fails a run)."""
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=report_md.read_text(), key="prepare-report", description="prepare run report")
+    except Exception as exc:  # pragma: no cover - depends on the Prefect backend
+        get_run_logger().warning(f"could not publish the report artifact: {exc}")
+
+
+__all__ = ["PrepareSettings", "prepare", "ConfigMismatch"]

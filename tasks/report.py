@@ -1,0 +1,116 @@
+"""Run reports a person reads at a glance: counts per stage/split/label, rejects by reason, timings, contact sheet."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from manifests.dataset import decode_png_rgb, encode_png_rgb
+from manifests.reader import read_manifest, read_rejects
+from manifests.schema import EMOTIONS
+from manifests.shards import read_member
+from manifests.writer import atomic_write_text
+
+REPORT_MD = "report.md"
+CONTACT_SHEET = "contact_sheet.png"
+
+Tile = tuple[np.ndarray, str]  # RGB uint8 image, caption
+
+
+def contact_sheet(rows: Sequence[Sequence[Tile]], tile_px: int = 128, caption_px: int = 16) -> np.ndarray:
+    """A grid image: one row per sequence of (image, caption) tiles; short rows are padded white."""
+    if not rows:
+        rows = [[(np.full((tile_px, tile_px, 3), 255, np.uint8), "(no samples)")]]
+    n_cols = max(len(r) for r in rows)
+    cell_h = tile_px + caption_px
+    sheet = np.full((cell_h * len(rows), tile_px * n_cols, 3), 255, np.uint8)
+    scale = caption_px / 30.0
+    for i, row in enumerate(rows):
+        for j, (image, caption) in enumerate(row):
+            tile = cv2.resize(image, (tile_px, tile_px), interpolation=cv2.INTER_AREA)
+            y, x = i * cell_h, j * tile_px
+            sheet[y:y + tile_px, x:x + tile_px] = tile
+            # Shrink long captions to fit their tile rather than spill into the next one.
+            (text_w, _), _ = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            fit = min(scale, scale * (tile_px - 4) / max(text_w, 1))
+            cv2.putText(sheet, caption, (x + 2, y + tile_px + caption_px - 4), cv2.FONT_HERSHEY_SIMPLEX,
+                        fit, (0, 0, 0), 1, cv2.LINE_AA)
+    return sheet
+
+
+def write_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_bytes(encode_png_rgb(rgb))
+    os.replace(tmp, path)
+    return path
+
+
+def sample_tiles_per_label(out_root: str | os.PathLike, per_label: int = 6, stage: str = "original") -> list[list[Tile]]:
+    """Contact-sheet rows: up to per_label images of each label, train split first."""
+    out_root = Path(out_root)
+    rows_by_label: dict[int, list[Tile]] = {}
+    for row in read_manifest(out_root).to_pylist():
+        if row["stage"] != stage:
+            continue
+        tiles = rows_by_label.setdefault(row["label"], [])
+        if len(tiles) < per_label:
+            rgb = decode_png_rgb(read_member(out_root / row["shard"], row["offset"], row["size"]))
+            tiles.append((rgb, f"{EMOTIONS[row['label']]} {row['split']}"))
+    return [rows_by_label[label] for label in sorted(rows_by_label)]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def counts_by(out_root: str | os.PathLike) -> dict[tuple[str, str, int], int]:
+    """(split, stage, label) -> number of rows in the manifest."""
+    table = read_manifest(out_root, columns=["split", "stage", "label"])
+    return dict(Counter(zip(*(table.column(c).to_pylist() for c in ("split", "stage", "label")))))
+
+
+def write_report(
+    out_root: str | os.PathLike,
+    title: str,
+    timings_s: dict[str, float],
+    notes: Sequence[str] = (),
+    tiles: list[list[Tile]] | None = None,
+) -> tuple[Path, Path]:
+    """Write report.md and contact_sheet.png into out_root; return their paths."""
+    out_root = Path(out_root)
+    counts = counts_by(out_root)
+    splits = sorted({k[0] for k in counts})
+    stages = sorted({k[1] for k in counts})
+    count_rows = []
+    for split in splits:
+        for stage in stages:
+            per_label = [counts.get((split, stage, label), 0) for label in EMOTIONS]
+            if sum(per_label):
+                count_rows.append([split, stage, *per_label, sum(per_label)])
+    rejects = read_rejects(out_root).to_pylist()
+    by_reason = Counter((r["stage"], r["reason"]) for r in rejects)
+    examples = {}
+    for r in rejects:
+        examples.setdefault((r["stage"], r["reason"]), f"{r['source_id']}: {r['detail']}")
+    sheet_path = write_png(contact_sheet(tiles if tiles is not None else sample_tiles_per_label(out_root)), out_root / CONTACT_SHEET)
+
+    parts = [f"# {title}", "", f"Output root: `{out_root}`", ""]
+    parts += ["## Samples per split, stage and label", "",
+              markdown_table(["split", "stage", *EMOTIONS.values(), "total"], count_rows) if count_rows else "(none)", ""]
+    parts += [f"## Rejects ({len(rejects)})", ""]
+    parts += [markdown_table(["stage", "reason", "count", "example"],
+                             [[s, r, n, examples[(s, r)][:120].replace("|", "/")] for (s, r), n in sorted(by_reason.items())])
+              if rejects else "none", ""]
+    parts += ["## Timings", "", markdown_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in timings_s.items()]), ""]
+    if notes:
+        parts += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    parts += ["## Contact sheet", "", f"![contact sheet]({CONTACT_SHEET})", ""]
+    md_path = atomic_write_text("\n".join(parts), out_root / REPORT_MD)
+    return md_path, sheet_path

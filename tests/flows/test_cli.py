@@ -1,0 +1,71 @@
+"""The `singanimation` command line: help, dry-run plan, verify exit codes, inspect-au JSON, clear errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flows.cli import build_parser, main
+from manifests.writer import Sample, commit_unit
+from manifests.dataset import encode_png_rgb
+from manifests.schema import N_AUS
+from tasks.openface import write_openface_csv
+from tasks.sample_data import build_sample_dataset
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("prepare", "verify", "inspect-au", "demo"):
+        assert command in text
+    for command in ("prepare", "verify", "inspect-au", "demo"):
+        assert build_parser().parse_args([command, "x", "--out", "y"] if command == "prepare" else [command] + (["x"] if command != "demo" else []))
+
+
+def test_prepare_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
+    sample = build_sample_dataset(tmp_path / "sample")
+    out = tmp_path / "out"
+    assert main(["prepare", sample["images"], "--out", str(out), "--aus", sample["openface"], "--unit-size", "4", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["images_per_split_and_label"]["train"]["Happiness"] == 5
+    assert plan["images_per_split_and_label"]["test"]["Neutral"] == 1
+    assert plan["work_units"] == 4 and plan["settings"]["unit_size"] == 4
+    assert not out.exists()
+
+
+def test_verify_exit_codes(tmp_path, capsys):
+    row = {"sample_id": "abc", "split": "train", "source_id": "s", "source_sha256": "0" * 64, "stage": "original",
+           "edit_kind": "none", "label": 4, "label_kind": "original", "au_source": [0.0] * N_AUS, "width": 8,
+           "height": 8, "model_versions": "t", "run_id": "r"}
+    commit_unit(tmp_path, split="train", run_name="t", unit_id="u", samples=[Sample(encode_png_rgb(np.zeros((8, 8, 3), np.uint8)), row)])
+    assert main(["verify", str(tmp_path)]) == 0
+    assert "OK: 1 rows" in capsys.readouterr().out
+    shard = tmp_path / "shards/train/t-u.tar"
+    data = bytearray(shard.read_bytes())
+    data[512 + 20] ^= 0xFF  # inside the only member's PNG bytes (its data starts after one header block)
+    shard.write_bytes(bytes(data))
+    assert main(["verify", str(tmp_path)]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_inspect_au_prints_values_or_reason(tmp_path, capsys):
+    aus = np.linspace(0, 5, N_AUS)
+    good = write_openface_csv(tmp_path / "good.csv", [{"aus": aus, "confidence": 0.95}], variant="aus_only", sep=",")
+    assert main(["inspect-au", str(good)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] and np.allclose(result["values"], aus / 5, atol=1e-6)
+    bad = write_openface_csv(tmp_path / "bad.csv", [{"aus": aus, "confidence": 0.2}], variant="aus_only")
+    assert main(["inspect-au", str(bad)]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert not result["ok"] and result["reason"] == "au_no_trusted_row"
+
+
+def test_dataset_errors_exit_2_with_a_message(tmp_path, capsys):
+    (tmp_path / "EmoLabel").mkdir()
+    (tmp_path / "Image" / "aligned").mkdir(parents=True)
+    (tmp_path / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 9\ntrain_00002.jpg 11\n")
+    assert main(["prepare", str(tmp_path), "--out", str(tmp_path / "o"), "--layout", "rafdb", "--dry-run"]) == 2
+    assert "compound" in capsys.readouterr().err.lower()
