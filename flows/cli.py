@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import flows  # noqa: F401  (sets safe Prefect defaults before Prefect is imported)
 
@@ -86,6 +85,81 @@ def cmd_inspect_au(args: argparse.Namespace) -> int:
     return 0 if result.get("ok") else 1
 
 
+def _expand_settings(args: argparse.Namespace):
+    from flows.expand import ExpandSettings, PlanSettings
+    from tasks.expand import QualityGate
+
+    plan = {"kind": args.plan, "per_source": args.per_source}
+    if args.emotions:
+        plan["emotion"] = {"emotions": tuple(args.emotions)}
+    gate = QualityGate(min_ssim_to_source=args.min_ssim, max_au_fidelity=args.max_au_fidelity,
+                       attention_range=tuple(args.attention_range) if args.attention_range else None)
+    return ExpandSettings(
+        prepared=args.prepared, out=args.out, run_name=args.run_name, ganimation=args.ganimation,
+        plan=PlanSettings(**plan), regenerations=args.regenerations, singan_preset=args.singan_preset,
+        singan_start=args.singan_start, bank_size=args.bank_size, unit_size=args.unit_size, seed=args.seed,
+        test_split=args.test_split, gate=gate, sifid_weights=args.sifid_weights, device=args.device,
+        fanout=args.fanout)
+
+
+def cmd_expand(args: argparse.Namespace) -> int:
+    settings = _expand_settings(args)
+    if args.dry_run:
+        from flows.expand import describe_plan
+
+        print(json.dumps({"settings": settings.model_dump(mode="json"), **describe_plan(settings)}, indent=2))
+        return 0
+    from flows.expand import expand
+
+    print(json.dumps(expand(settings), indent=2))
+    return 0
+
+
+def cmd_train_ganimation(args: argparse.Namespace) -> int:
+    from flows.train_ganimation import TrainGANimationSettings, train_ganimation_flow
+    from models.ganimation import GANimationConfig
+    from tasks.train_ganimation import TrainGANimationConfig
+
+    model = GANimationConfig(image_size_px=args.image_size, conv_dim=args.conv_dim, repeat_num=args.repeat_num,
+                             upsample=args.upsample)
+    train = TrainGANimationConfig(model=model, batch_size=args.batch_size)
+    settings = TrainGANimationSettings(prepared=args.prepared, out=args.out, epochs=args.epochs, seed=args.seed,
+                                       train=train, device=args.device)
+    print(json.dumps(train_ganimation_flow(settings), indent=2))
+    return 0
+
+
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    from models.legacy import LegacyCheckpointError
+    from tasks.ganimation import import_checkpoint
+
+    try:
+        out = import_checkpoint(args.format, args.generator, args.critic, args.out)
+    except LegacyCheckpointError as exc:
+        print(f"singanimation import-checkpoint: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"checkpoint": str(out)}, indent=2))
+    return 0
+
+
+def cmd_sifid(args: argparse.Namespace) -> int:
+    from tasks.sifid import sifid_command
+
+    value = sifid_command(args.real, args.fake, args.inception, device=args.device, feature_layer=args.layer)
+    print(json.dumps({"sifid": value, "real": args.real, "fake": args.fake, "layer": args.layer}, indent=2))
+    return 0
+
+
+def cmd_evaluate_fer(args: argparse.Namespace) -> int:
+    from flows.evaluate_fer import evaluate_fer
+    from tasks.fer import FERConfig
+
+    config = FERConfig(arch=args.arch, image_size_px=args.image_size, steps=args.steps, batch_size=args.batch_size,
+                       lr=args.lr, seed=args.seed, balanced=args.balanced, device=args.device)
+    print(json.dumps(evaluate_fer(args.original, args.expanded, args.out, config), indent=2, default=str))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
@@ -138,6 +212,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="an OpenFace CSV or GANimation aus_openface.pkl")
     p.add_argument("--min-au-confidence", type=float, default=None)
     p.set_defaults(func=cmd_inspect_au)
+
+    p = sub.add_parser("expand", help="prepared dataset -> GANimation edits + SinGAN regenerations -> expanded dataset",
+                       description="Apply N AU targets per train image with GANimation, train SinGAN on each result and "
+                                   "draw M regenerations injected at a finer scale; write shards + manifest + report. "
+                                   "Re-running on the same --out resumes and never duplicates.")
+    p.add_argument("prepared", help="output root of `singanimation prepare`")
+    p.add_argument("--out", required=True, help="output root of the expanded dataset")
+    p.add_argument("--ganimation", help="GANimation checkpoint dir (trained or imported); omit with --plan none")
+    p.add_argument("--plan", default="emotion", choices=["none", "single_au", "interpolate", "emotion", "balance"],
+                   help="AU targets per source; 'none' = no edits, SinGAN regenerations of the originals only")
+    p.add_argument("--per-source", type=int, default=3, help="N: edits kept per source (seeded choice)")
+    p.add_argument("--emotions", type=int, nargs="+", help="emotion ids the emotion plan may target (default all)")
+    p.add_argument("--regenerations", "-M", type=int, default=2, help="M SinGAN regenerations per edit (0: edits only)")
+    p.add_argument("--singan-preset", default="fast", help="SinGAN preset (fast, official, reduced, tiny, ...)")
+    p.add_argument("--singan-start", default="N-2", help="scale the image is injected at: N, N-1 or N-2 (default)")
+    p.add_argument("--bank-size", type=int, default=16, help="faces trained together in one SinGAN bank")
+    p.add_argument("--unit-size", type=int, default=64, help="source images per work unit / shard")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-split", default="copy", choices=["copy", "omit"], help="copy test originals through, or leave them out")
+    p.add_argument("--min-ssim", type=float, help="quality gate: reject samples with SSIM to their source below this")
+    p.add_argument("--max-au-fidelity", type=float, help="quality gate: reject edits whose critic AU error exceeds this")
+    p.add_argument("--attention-range", type=float, nargs=2, metavar=("LO", "HI"), help="quality gate on mean attention")
+    p.add_argument("--sifid-weights", help="Inception-v3 weights (.pth) to score SIFID per SinGAN sample")
+    p.add_argument("--fanout", default="local", choices=["local", "deployment"],
+                   help="run units here, or as runs of the expand-unit deployment on the gpu pool")
+    p.add_argument("--run-name", default="expand", help="shard file name prefix")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: CUDA when present)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (counts per stage, kind, label; units; compute) and exit")
+    p.set_defaults(func=cmd_expand)
+
+    p = sub.add_parser("train-ganimation", help="train GANimation on a prepared dataset's AU-labelled train faces",
+                       description="Resumable: re-running with the same --out continues from the last checkpoint. "
+                                   "Writes checkpoints/epoch_NNNN (never overwritten) and samples/epoch_NNNN.png.")
+    p.add_argument("prepared", help="output root of `singanimation prepare`")
+    p.add_argument("--out", required=True, help="training run folder")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--conv-dim", type=int, default=64)
+    p.add_argument("--repeat-num", type=int, default=6)
+    p.add_argument("--upsample", default="transposed", choices=["transposed", "resize_conv"])
+    p.add_argument("--batch-size", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_train_ganimation)
+
+    p = sub.add_parser("import-checkpoint", help="convert published GANimation weights into a project checkpoint",
+                       description="Reads the official (net_epoch_N_id_G.pth / _D.pth) or ganimation_replicate "
+                                   "(N_net_gen.pth / N_net_dis.pth) files with weights_only loading, checks every key "
+                                   "and shape, and writes a safetensors checkpoint to --out; exits 1 naming every "
+                                   "missing, unexpected or wrong-shaped key.")
+    p.add_argument("--format", required=True, choices=["official", "replicate"])
+    p.add_argument("--generator", required=True, help="generator .pth")
+    p.add_argument("--critic", help="critic (discriminator) .pth; needed for AU-fidelity scores and AU estimation")
+    p.add_argument("--out", required=True, help="new checkpoint folder (never overwritten)")
+    p.set_defaults(func=cmd_import_checkpoint)
+
+    p = sub.add_parser("sifid", help="single-image FID between a real and a generated image (needs Inception-v3 weights)",
+                       description="SinGAN's SIFID: Frechet distance between the per-location Inception-v3 features "
+                                   "of two images. Weights are not downloaded: give a torchvision inception_v3 or "
+                                   "pytorch-fid FID-Inception state_dict.")
+    p.add_argument("real")
+    p.add_argument("fake")
+    p.add_argument("--inception", required=True, help="Inception-v3 weights (.pth)")
+    p.add_argument("--layer", default="Conv2d_4a_3x3", choices=["Conv2d_4a_3x3", "Conv2d_2b_3x3"])
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_sifid)
+
+    p = sub.add_parser("evaluate-fer", help="train the same FER classifier on originals vs expanded data and compare",
+                       description="Two runs with the same seed and step budget, evaluated on the original test split: "
+                                   "accuracy, mean per-class recall and confusion matrices side by side.")
+    p.add_argument("--original", required=True, help="prepared output root (originals; its test split is the benchmark)")
+    p.add_argument("--expanded", required=True, help="expanded output root")
+    p.add_argument("--out", required=True, help="folder for fer_report.md / .json")
+    p.add_argument("--arch", default="resnet18", choices=["resnet18", "small_cnn"])
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--balanced", action="store_true", help="class-balanced sampling")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_evaluate_fer)
 
     p = sub.add_parser("demo", help="build the bundled sample dataset and run the pipeline on it",
                        description="Writes a small dataset from the real faces shipped in scikit-image and matplotlib "

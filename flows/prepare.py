@@ -1,25 +1,26 @@
 """The prepare flow: dataset -> ingest -> align -> AUs -> shards + manifest (stage original) + rejects + report."""
 from __future__ import annotations
 
-import json
 import time
-import uuid
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from flows._run import (
+    ConfigMismatch,
+    current_run_id,
+    publish_report,
+    settings_hash,
+    write_run_config,
+)
 from manifests.reader import verify
-from manifests.schema import stable_hash
-from manifests.writer import atomic_write_text, merge_rejects, write_rejects_part
+from manifests.writer import merge_rejects, write_rejects_part
 from tasks.align import AlignConfig
 from tasks.ingest import IngestConfig, ingest_dataset
 from tasks.prepare import AUConfig, plan_units, prepare_unit
 from tasks.report import write_report
-
-RUN_CONFIG = "run_config.json"
 
 
 class PrepareSettings(BaseModel):
@@ -37,41 +38,13 @@ class PrepareSettings(BaseModel):
     device: str | None = Field(None, description="cuda / cpu; default: CUDA when present")
 
     def config_hash(self) -> str:
-        """Hash of what decides the output; device and paths excluded, so a moved/resumed run matches."""
-        data = self.model_dump(mode="json", exclude={"device", "out"})
-        return stable_hash(data, 16)
-
-
-class ConfigMismatch(RuntimeError):
-    """The output root holds a run made with different settings."""
-
-
-def write_run_config(settings: PrepareSettings) -> str:
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / RUN_CONFIG
-    digest = settings.config_hash()
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous.get("config_hash") != digest:
-            raise ConfigMismatch(
-                f"{out} was written with other settings (config {previous.get('config_hash')} vs {digest}); "
-                "resume needs the same settings: use another --out, or delete the folder to start over")
-        return digest
-    atomic_write_text(json.dumps({"flow": "prepare", "config_hash": digest,
-                                  "settings": settings.model_dump(mode="json")}, indent=2), path)
-    return digest
+        """Hash of what decides the output; device and output path excluded, so a resumed run matches."""
+        return settings_hash(self, exclude={"device", "out"})
 
 
 @task(name="prepare-unit", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def prepare_unit_task(unit, out: str, run_name: str, run_id: str, align: AlignConfig, aus: AUConfig, device: str | None) -> dict:
     return prepare_unit(unit, out, run_name=run_name, run_id=run_id, align=align, aus=aus, device=device)
-
-
-def _run_id() -> str:
-    from prefect.runtime import flow_run
-
-    return str(flow_run.id or uuid.uuid4())
 
 
 @flow(name="prepare", log_prints=True)
@@ -82,7 +55,8 @@ def prepare(settings: PrepareSettings) -> dict:
     t0 = time.perf_counter()
 
     # 1. Resolve and record the settings before any work.
-    config_hash = write_run_config(settings)
+    config_hash = settings.config_hash()
+    write_run_config(settings.out, "prepare", settings, config_hash)
     out = settings.out
 
     # 2. Ingest: labels, splits, source ids and hashes; bad entries become rejects.
@@ -99,7 +73,7 @@ def prepare(settings: PrepareSettings) -> dict:
 
     # 4. Align + read AUs + commit, unit by unit; committed units are skipped.
     t1 = time.perf_counter()
-    run_id = _run_id()
+    run_id = current_run_id()
     results = []
     for unit in tqdm(units, desc="prepare units", unit="unit"):
         result = prepare_unit_task(unit, out, settings.run_name, run_id, settings.align, settings.aus, settings.device)
@@ -115,23 +89,13 @@ def prepare(settings: PrepareSettings) -> dict:
     notes = [f"config hash {config_hash}", f"{sum(r['skipped'] for r in results)} of {len(units)} units were already committed",
              f"verify: {check.summary().splitlines()[0]}", *ingested.warnings]
     report_md, sheet = write_report(out, "Prepare run", timings, notes=notes)
-    _publish_artifacts(report_md)
+    publish_report(report_md.read_text(), key="prepare-report")
     summary = {"out": out, "units": len(units), "written": sum(r["written"] for r in results),
                "skipped_units": sum(r["skipped"] for r in results), "verify_ok": check.ok,
                "report": str(report_md), "contact_sheet": str(sheet)}
     if not check.ok:
         raise RuntimeError(f"output failed verification:\n{check.summary()}")
     return summary
-
-
-def _publish_artifacts(report_md: Path) -> None:
-    """Attach the report to the flow run in the Prefect UI (best effort: a report never fails a run)."""
-    try:
-        from prefect.artifacts import create_markdown_artifact
-
-        create_markdown_artifact(markdown=report_md.read_text(), key="prepare-report", description="prepare run report")
-    except Exception as exc:  # pragma: no cover - depends on the Prefect backend
-        get_run_logger().warning(f"could not publish the report artifact: {exc}")
 
 
 __all__ = ["PrepareSettings", "prepare", "ConfigMismatch"]

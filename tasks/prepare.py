@@ -1,6 +1,7 @@
 """Prepare stage: cut sources into work units; per unit load, align, read AUs, and commit shard + manifest part."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -18,7 +19,12 @@ from tasks.align import AlignConfig, AlignedFace, FaceAligner
 from tasks.errors import RejectError
 from tasks.imageio import load_image_rgb
 from tasks.ingest import SourceRecord
-from tasks.openface import OpenFaceConfig, find_au_file, read_ganimation_pkl, read_openface_csv
+from tasks.openface import (
+    OpenFaceConfig,
+    find_au_file,
+    read_ganimation_pkl,
+    read_openface_csv,
+)
 
 PACKAGE_VERSION = "0.1.0"
 
@@ -116,6 +122,7 @@ def prepare_unit(
             rejects.append(err.as_row(record.source_id))
     faces = _aligner(align, device).align([image for _, image in loaded]) if loaded else []
     versions = f"align:{'mtcnn-facenet-pytorch-2.5.3' if align.mode == 'mtcnn' else 'none'};singanimation:{PACKAGE_VERSION}"
+    align_id = stable_hash(dataclasses.asdict(align), 16)  # any align setting that changes crops changes ids
     samples = []
     for (record, _), face in zip(loaded, faces):
         try:
@@ -127,13 +134,13 @@ def prepare_unit(
             continue
         size = face.crop.shape[0]
         row = {
-            "sample_id": make_sample_id(record.sha256, "original", edit={"align": align.mode, "size_px": size}),
+            "sample_id": make_sample_id(record.sha256, "original", edit={"align": align_id}),
             "split": record.split, "source_id": record.source_id, "source_sha256": record.sha256,
             "stage": "original", "edit_kind": "none", "label": record.label, "label_kind": "original",
             "au_source": au_source, "au_target": None, "alpha": None,
             "singan_start_scale": None, "singan_sample": None, "seed": None,
             "width": size, "height": size, "model_versions": versions, "run_id": run_id,
-            "quality": {"faces_found": face.faces_found, "detect_prob": face.prob, "au_confidence": au_confidence},
+            "quality": {"faces_found": face.faces_found if align.mode == "mtcnn" else None, "detect_prob": face.prob, "au_confidence": au_confidence},
         }
         meta = {k: row[k] for k in ("source_id", "split", "stage", "label", "au_source")}
         samples.append(Sample(png=encode_png_rgb(face.crop), row=row, meta=meta))

@@ -114,3 +114,62 @@ def write_report(
     parts += ["## Contact sheet", "", f"![contact sheet]({CONTACT_SHEET})", ""]
     md_path = atomic_write_text("\n".join(parts), out_root / REPORT_MD)
     return md_path, sheet_path
+
+
+def expand_tiles(out_root: str | os.PathLike, max_sources: int = 8) -> list[list[Tile]]:
+    """Contact-sheet rows for an expand run: source, then each edit followed by its SinGAN regenerations."""
+    out_root = Path(out_root)
+    rows = [r for r in read_manifest(out_root).to_pylist() if r["split"] == "train"]
+    by_source: dict[str, list[dict]] = {}
+    for r in rows:
+        by_source.setdefault(r["source_id"], []).append(r)
+    # Sources with the most generated samples first, so the sheet shows the pipeline at work.
+    chosen = sorted(by_source, key=lambda sid: (-len(by_source[sid]), sid))[:max_sources]
+
+    def tile(r: dict, caption: str) -> Tile:
+        return decode_png_rgb(read_member(out_root / r["shard"], r["offset"], r["size"])), caption
+
+    def parent_key(r: dict):
+        return (r["edit_kind"], tuple(r["au_target"] or ()), r["alpha"], r["label"])
+
+    sheet = []
+    for sid in sorted(chosen):
+        group = by_source[sid]
+        originals = [r for r in group if r["stage"] == "original"]
+        edits = sorted((r for r in group if r["stage"] == "ganimation"), key=lambda r: r["sample_id"])
+        regens = sorted((r for r in group if r["stage"] == "singan"), key=lambda r: (r["singan_sample"], r["sample_id"]))
+        line = [tile(r, f"src {EMOTIONS[r['label']]}") for r in originals]
+        if edits:
+            for e in edits:
+                line.append(tile(e, f"edit {EMOTIONS[e['label']]}"))
+                line += [tile(g, f"  SinGAN {g['singan_sample']}") for g in regens if parent_key(g) == parent_key(e)]
+        else:
+            line += [tile(g, f"SinGAN {g['singan_sample']}") for g in regens]
+        sheet.append(line)
+    return sheet
+
+
+def label_histogram_png(out_root: str | os.PathLike, before: dict[int, int], name: str = "label_histogram.png") -> Path:
+    """Bar chart of train samples per label: the source dataset before, the expanded manifest after."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_root = Path(out_root)
+    after = Counter(read_manifest(out_root, columns=["split", "label"]).to_pandas().query("split == 'train'")["label"])
+    labels = list(EMOTIONS)
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+    ax.bar(x - 0.2, [before.get(k, 0) for k in labels], 0.4, label="before (originals)")
+    ax.bar(x + 0.2, [after.get(k, 0) for k in labels], 0.4, label="after (expanded)")
+    ax.set_xticks(x, [EMOTIONS[k] for k in labels], fontsize=8)
+    ax.set_ylabel("train samples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_root / name
+    tmp = path.with_name(f".tmp-{name}")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

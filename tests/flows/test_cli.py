@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from flows.cli import build_parser, main
-from manifests.writer import Sample, commit_unit
 from manifests.dataset import encode_png_rgb
 from manifests.schema import N_AUS
+from manifests.writer import Sample, commit_unit
 from tasks.openface import write_openface_csv
 from tasks.sample_data import build_sample_dataset
 

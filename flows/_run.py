@@ -1,0 +1,58 @@
+"""What every flow run does first: record its settings (refusing to mix runs), and name itself."""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from manifests.schema import stable_hash
+from manifests.writer import atomic_write_text
+
+RUN_CONFIG = "run_config.json"
+
+
+class ConfigMismatch(RuntimeError):
+    """The output root holds a run made with different settings."""
+
+
+def settings_hash(settings: BaseModel, exclude: set[str]) -> str:
+    """Hash of what decides the output; fields in `exclude` (device, paths) do not change it."""
+    return stable_hash(settings.model_dump(mode="json", exclude=exclude), 16)
+
+
+def write_run_config(out: str, flow_name: str, settings: BaseModel, config_hash: str) -> None:
+    """Write OUT/run_config.json before any work; a re-run must bring the same config hash."""
+    out_path = Path(out)
+    out_path.mkdir(parents=True, exist_ok=True)
+    path = out_path / RUN_CONFIG
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous.get("flow") != flow_name or previous.get("config_hash") != config_hash:
+            raise ConfigMismatch(
+                f"{out} was written by {previous.get('flow')!r} with other settings (config "
+                f"{previous.get('config_hash')} vs {config_hash}); resuming needs the same settings: "
+                "use another --out, or delete the folder to start over")
+        return
+    atomic_write_text(json.dumps({"flow": flow_name, "config_hash": config_hash,
+                                  "settings": settings.model_dump(mode="json")}, indent=2), path)
+
+
+def current_run_id() -> str:
+    """The Prefect flow run id when inside a flow run, else a fresh uuid."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or uuid.uuid4())
+
+
+def publish_report(markdown: str, key: str) -> None:
+    """Attach a report to the flow run in the Prefect UI (best effort: a report never fails a run)."""
+    from prefect import get_run_logger
+
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=markdown, key=key, description=f"{key} run report")
+    except Exception as exc:  # depends on the Prefect backend
+        get_run_logger().warning(f"could not publish the {key} artifact: {exc}")

@@ -1,0 +1,293 @@
+"""The expand flow: prepared dataset -> GANimation edits -> SinGAN regenerations -> shards + manifest + report."""
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm import tqdm
+
+from flows._run import current_run_id, publish_report, settings_hash, write_run_config
+from manifests.reader import verify
+from manifests.schema import EMOTIONS, stable_hash
+from manifests.writer import merge_rejects, write_rejects_part
+from models.singan import PRESETS, pyramid_sizes, scale_channels
+from tasks.expand import (
+    ExpandJob,
+    ExpandUnit,
+    QualityGate,
+    expand_unit,
+    load_original_rows,
+    plan_expand_units,
+)
+from tasks.report import expand_tiles, label_histogram_png, write_report
+from tasks.targets import (
+    BalanceConfig,
+    Edit,
+    EmotionConfig,
+    InterpolateConfig,
+    Plan,
+    SingleAUConfig,
+    plan_balance,
+    plan_emotion,
+    plan_interpolate,
+    plan_single_au,
+    plan_summary,
+)
+
+
+class PlanSettings(BaseModel):
+    """Which AU targets each train source gets (GANimation half)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["none", "single_au", "interpolate", "emotion", "balance"] = "emotion"
+    per_source: int | None = Field(3, ge=1, description="N: edits kept per source (a seeded choice); None keeps all")
+    single_au: SingleAUConfig = SingleAUConfig()
+    interpolate: InterpolateConfig = InterpolateConfig()
+    emotion: EmotionConfig = EmotionConfig()
+    balance: BalanceConfig = BalanceConfig()
+
+
+class ExpandSettings(BaseModel):
+    """Everything an expand run depends on; validated at the boundary and written before work starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prepared: str = Field(description="output root of `singanimation prepare`")
+    out: str = Field(description="output root of the expanded dataset")
+    run_name: str = Field("expand", pattern=r"^[A-Za-z0-9_-]+$")
+    ganimation: str | None = Field(None, description="GANimation checkpoint dir; None: no edits, SinGAN on originals")
+    plan: PlanSettings = PlanSettings()
+    regenerations: int = Field(2, ge=0, description="M SinGAN regenerations per edit; 0 = GANimation edits only")
+    singan_preset: str = Field("fast", description=f"one of {sorted(PRESETS)}")
+    singan_start: str = Field("N-2", pattern=r"^N(-[0-9]+)?$", description="scale the image is injected at")
+    bank_size: int = Field(16, ge=1, description="faces trained together in one SinGAN bank")
+    unit_size: int = Field(64, ge=1, description="source images per work unit (one shard each)")
+    seed: int = Field(0, description="run seed: every edit and sample seed derives from it")
+    test_split: Literal["copy", "omit"] = Field("copy", description="copy test originals through untouched, or leave them out")
+    gate: QualityGate = QualityGate()
+    sifid_weights: str | None = Field(None, description="Inception-v3 weights (.pth) to score SIFID per SinGAN sample")
+    ganimation_batch: int = Field(16, ge=1)
+    device: str | None = Field(None, description="cuda / cpu; default: CUDA when present")
+    fanout: Literal["local", "deployment"] = Field(
+        "local", description="run units in this process, or as runs of the per-unit deployment on the gpu pool")
+    unit_deployment: str = Field("expand-unit/expand-unit", description="deployment run per unit when fanout='deployment'")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExpandSettings":
+        if self.singan_preset not in PRESETS:
+            raise ValueError(f"singan_preset {self.singan_preset!r} is not one of {sorted(PRESETS)}")
+        if self.plan.kind != "none" and self.ganimation is None:
+            raise ValueError("edits need a GANimation checkpoint: give `ganimation`, or set plan.kind='none' "
+                             "(SinGAN regenerations of the originals only)")
+        if self.plan.kind == "none" and self.regenerations == 0:
+            raise ValueError("nothing to generate: plan.kind='none' and regenerations=0")
+        return self
+
+    def config_hash(self) -> str:
+        return settings_hash(self, exclude={"device", "out", "fanout", "unit_deployment", "ganimation_batch"})
+
+    def job(self, run_id: str) -> ExpandJob:
+        return ExpandJob(
+            prepared=self.prepared, out=self.out, run_name=self.run_name, run_id=run_id,
+            ganimation=self.ganimation if self.plan.kind != "none" else None, ganimation_batch=self.ganimation_batch,
+            regenerations=self.regenerations, singan_preset=self.singan_preset, singan_start=self.singan_start,
+            bank_size=self.bank_size, seed=self.seed, gate=self.gate, sifid_weights=self.sifid_weights,
+            device=self.device)
+
+
+_PLANNERS = {"single_au": plan_single_au, "interpolate": plan_interpolate, "emotion": plan_emotion, "balance": plan_balance}
+
+
+def plan_edits(settings: ExpandSettings, rows: list[dict]) -> Plan:
+    """The planner's edits for the train sources, trimmed to N per source by a seeded choice."""
+    if settings.plan.kind == "none":
+        return Plan()
+    sources = [{k: r[k] for k in ("source_id", "split", "label", "au_source")} for r in rows]
+    kind = settings.plan.kind
+    plan = _PLANNERS[kind](sources, getattr(settings.plan, kind), run_seed=settings.seed)
+    if settings.plan.per_source is None:
+        return plan
+    by_source: dict[str, list[Edit]] = {}
+    for edit in plan.edits:
+        by_source.setdefault(edit.source_id, []).append(edit)
+    kept = []
+    for sid, edits in sorted(by_source.items()):
+        order = sorted(edits, key=lambda e: stable_hash([settings.seed, "keep", sid, e.planner, e.edit_index]))
+        kept += sorted(order[: settings.plan.per_source], key=lambda e: e.edit_index)
+    return Plan(kept, plan.rejects, plan.notes)
+
+
+def singan_cost_per_face(preset_name: str, image_px: int) -> float:
+    """A FLOP proxy for training one face: sum over trained scales of pixels x channels^2 x steps."""
+    config = PRESETS[preset_name]
+    sizes = pyramid_sizes(image_px, image_px, config)
+    steps = config.iters_per_scale * (config.d_steps + config.g_steps)
+    return float(sum(h * w * scale_channels(i, config) ** 2 * steps
+                     for i, (h, w) in enumerate(sizes) if i >= config.skip_coarse_scales))
+
+
+def describe_plan(settings: ExpandSettings) -> dict:
+    """What a run would do (the --dry-run print): counts per stage, edit kind and label, units, compute."""
+    rows = load_original_rows(settings.prepared)
+    plan = plan_edits(settings, rows)
+    units = plan_expand_units(rows, settings.unit_size, settings.config_hash(), settings.test_split == "copy")
+    train = [r for r in rows if r["split"] == "train"]
+    parents = len(plan.edits) if settings.plan.kind != "none" else len(train)
+    regenerations = parents * settings.regenerations
+    summary = plan_summary(plan, [{k: r[k] for k in ("source_id", "split", "label", "au_source")} for r in rows])
+    image_px = int(rows[0]["width"])
+    cost = singan_cost_per_face(settings.singan_preset, image_px) if settings.regenerations else 0.0
+    official = singan_cost_per_face("official", image_px)
+    return {
+        "config_hash": settings.config_hash(),
+        "samples_per_stage": {"original": len(train) + (len(rows) - len(train) if settings.test_split == "copy" else 0),
+                              "ganimation": len(plan.edits), "singan": regenerations},
+        "edits_per_kind": summary["edits_per_kind"],
+        "train_labels_before": summary["labels_before"],
+        "train_labels_after": {name: summary["labels_after"][name] * (1 + settings.regenerations)
+                               - summary["labels_before"][name] * settings.regenerations * (settings.plan.kind != "none")
+                               for name in summary["labels_after"]},
+        "plan_rejects": summary["rejects_per_reason"],
+        "work_units": len(units),
+        "compute": {
+            "ganimation_forwards": len(plan.edits),
+            "singan_faces_trained": parents if settings.regenerations else 0,
+            "singan_banks": -(-parents // settings.bank_size) if settings.regenerations else 0,
+            "singan_cost_per_face_vs_official": round(cost / official, 4),
+            "singan_cost_in_official_faces": round(parents * cost / official, 2) if settings.regenerations else 0.0,
+        },
+        "notes": summary["notes"],
+    }
+
+
+@task(name="expand-unit", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["gpu"])
+def expand_unit_task(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
+    """One unit on the GPU; the `gpu` concurrency slot keeps a worker from running more units than it has GPUs."""
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency("gpu", occupy=1, strict=False):
+        return expand_unit(unit, edits, job)
+
+
+@flow(name="expand-unit", log_prints=True)
+def expand_unit_flow(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
+    """Entry point of the per-unit deployment that several GPU workers pick up (fanout='deployment')."""
+    return expand_unit_task(unit, edits, job)
+
+
+def _run_units_as_deployments(settings: ExpandSettings, units: list[ExpandUnit], edits_by_unit, job: ExpandJob) -> list[dict]:
+    """Fan the units out as runs of the per-unit deployment and wait for all of them."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    runs = [run_deployment(settings.unit_deployment, parameters={"unit": u, "edits": edits_by_unit[u.unit_id], "job": job},
+                           timeout=0, as_subflow=True) for u in units]
+    with get_client(sync_client=True) as client:
+        while True:
+            states = [client.read_flow_run(r.id).state for r in runs]
+            if all(s is not None and s.is_final() for s in states):
+                break
+            time.sleep(5)
+    failed = [u.unit_id for u, s in zip(units, states) if not s.is_completed()]
+    if failed:
+        raise RuntimeError(f"{len(failed)} unit runs did not complete: {failed}; re-run to resume")
+    return [{"unit_id": u.unit_id, "skipped": False, "written": {}, "rejected": {}} for u in units]
+
+
+@flow(name="expand", log_prints=True)
+def expand(settings: ExpandSettings) -> dict:
+    """Expand a prepared dataset; re-running on the same output resumes and never duplicates."""
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    # 1. Resolve and record the settings before any work.
+    config_hash = settings.config_hash()
+    write_run_config(settings.out, "expand", settings, config_hash)
+    job = settings.job(current_run_id())
+
+    # 2. Read the prepared originals (both splits).
+    rows = load_original_rows(settings.prepared)
+    logger.info(f"{len(rows)} prepared originals from {settings.prepared}")
+
+    # 3. Plan the GANimation edits of the train sources.
+    plan = plan_edits(settings, rows)
+    write_rejects_part(settings.out, "plan", plan.rejects)
+    logger.info(f"{len(plan.edits)} edits planned ({dict(Counter(e.edit_kind for e in plan.edits))})")
+
+    # 4. Cut into work units (one shard + one manifest part each).
+    units = plan_expand_units(rows, settings.unit_size, config_hash, settings.test_split == "copy")
+    edits_by_unit = {u.unit_id: [e for e in plan.edits if e.source_id in set(u.source_ids)] for u in units}
+    timings["plan"] = time.perf_counter() - t0
+
+    # 5. Per unit: edits -> SinGAN banks -> regenerations -> commit; committed units are skipped.
+    t1 = time.perf_counter()
+    progress = _progress_artifact()
+    if settings.fanout == "deployment":
+        results = _run_units_as_deployments(settings, units, edits_by_unit, job)
+    else:
+        results = []
+        for i, unit in enumerate(tqdm(units, desc="expand units", unit="unit")):
+            result = expand_unit_task(unit, edits_by_unit[unit.unit_id], job)
+            results.append(result)
+            status = "skipped (already committed)" if result["skipped"] else f"wrote {result['written']}, rejects {result['rejected']}"
+            logger.info(f"unit {unit.unit_id} ({i + 1}/{len(units)}): {status}")
+            _update_progress(progress, 100.0 * (i + 1) / len(units))
+    timings["expand units"] = time.perf_counter() - t1
+
+    # 6. Gather rejects, check the output, write the report and its artifacts.
+    merge_rejects(settings.out)
+    check = verify(settings.out)
+    timings["total"] = time.perf_counter() - t0
+    before = Counter(r["label"] for r in rows if r["split"] == "train")
+    histogram = label_histogram_png(settings.out, before)
+    notes = [f"config hash {config_hash}", f"{sum(r['skipped'] for r in results)} of {len(units)} units were already committed",
+             f"GANimation: {settings.ganimation or 'off'}; SinGAN preset {settings.singan_preset}, start {settings.singan_start}, "
+             f"M = {settings.regenerations}", f"verify: {check.summary().splitlines()[0]}",
+             f"label histogram before/after: ![labels]({histogram.name})"]
+    report_md, sheet = write_report(settings.out, "Expand run", timings, notes=notes, tiles=expand_tiles(settings.out))
+    publish_report(report_md.read_text(), key="expand-report")
+    _publish_counts_table(settings.out)
+    if not check.ok:
+        raise RuntimeError(f"output failed verification:\n{check.summary()}")
+    return {"out": settings.out, "units": len(units), "skipped_units": sum(r["skipped"] for r in results),
+            "verify_ok": check.ok, "report": str(report_md), "contact_sheet": str(sheet), "label_histogram": str(histogram)}
+
+
+def _progress_artifact():
+    try:
+        from prefect.artifacts import create_progress_artifact
+
+        return create_progress_artifact(progress=0.0, key=f"expand-progress-{random.randrange(1 << 30)}",
+                                        description="expand units committed (%)")
+    except Exception:  # depends on the Prefect backend
+        return None
+
+
+def _update_progress(artifact_id, percent: float) -> None:
+    if artifact_id is None:
+        return
+    try:
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(artifact_id=artifact_id, progress=percent)
+    except Exception:
+        pass
+
+
+def _publish_counts_table(out: str) -> None:
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        from tasks.report import counts_by
+
+        rows = [{"split": s, "stage": st, "label": EMOTIONS[lb], "samples": n} for (s, st, lb), n in sorted(counts_by(out).items())]
+        create_table_artifact(table=rows, key="expand-counts", description="samples per split, stage and label")
+    except Exception as exc:
+        get_run_logger().warning(f"could not publish the counts table: {exc}")
