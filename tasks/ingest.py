@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import operator
 import os
@@ -30,6 +31,7 @@ REASONS: tuple[str, ...] = (
     "bad_split",             # CSV split value is not train/test (or an alias)
     "split_order",           # RAF-DB train line after the first test line
     "duplicate_entry",       # same image listed twice (conflicting labels reject every copy)
+    "duplicate_image",       # byte-identical to another image (a test copy wins: no train/test leak)
     "file_missing",          # listed image not on disk
     "empty_file",            # zero-byte image
     "file_unreadable",       # the OS refused to read it
@@ -183,10 +185,32 @@ def ingest_dataset(root: str | os.PathLike, config: IngestConfig = IngestConfig(
         result = read_rafdb(root_path, config)
     else:
         result = read_class_folders(root_path, config)
+    result = drop_duplicate_images(result)
     log.info(result.summary())
     for warning in result.warnings:
         log.warning(warning)
     return result
+
+
+def drop_duplicate_images(result: IngestResult) -> IngestResult:
+    """Keep one record per distinct image (sha256); reject the other copies.
+
+    Byte-identical files would get the same sample ids downstream, and a copy in both splits would
+    leak test images into training: the test copy is kept, then the first source id.
+    """
+    kept: dict[str, SourceRecord] = {}
+    rejects = list(result.rejects)
+    for record in sorted(result.records, key=lambda r: (r.split != "test", r.source_id)):
+        first = kept.get(record.sha256)
+        if first is None:
+            kept[record.sha256] = record
+            continue
+        detail = f"{record.path} has the same bytes as {first.source_id} ({first.split}, label {first.label})"
+        rejects.append(RejectError(STAGE, "duplicate_image", detail).as_row(record.source_id))
+    if len(kept) == len(result.records):
+        return result
+    keep = {id(r) for r in kept.values()}
+    return dataclasses.replace(result, records=[r for r in result.records if id(r) in keep], rejects=rejects)
 
 
 def detect_layout(root: str | os.PathLike) -> Literal["rafdb", "folders"]:

@@ -426,3 +426,19 @@ def test_config_validates_and_freezes_class_map():
         IngestConfig(layout="imagenet")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="default_split"):
         IngestConfig(default_split="val")  # type: ignore[arg-type]
+
+
+def test_byte_identical_images_keep_one_copy_and_the_test_copy_wins(tmp_path):
+    from PIL import Image as PILImage
+
+    from tasks.ingest import IngestConfig, ingest_dataset
+
+    pixels = PILImage.new("RGB", (40, 40), (10, 200, 30))
+    for rel in ("train/happy/a.png", "train/sad/b.png", "test/happy/c.png", "train/neutral/other.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pixels if "other" not in rel else PILImage.new("RGB", (40, 40), (1, 2, 3))).save(tmp_path / rel)
+    result = ingest_dataset(tmp_path, IngestConfig(layout="folders"))
+    assert sorted(r.source_id for r in result.records) == ["test/happy/c", "train/neutral/other"]
+    dupes = sorted(r["source_id"] for r in result.rejects if r["reason"] == "duplicate_image")
+    assert dupes == ["train/happy/a", "train/sad/b"]
+    assert all("test/happy/c" in r["detail"] for r in result.rejects if r["reason"] == "duplicate_image")
