@@ -50,6 +50,8 @@ class SinGANConfig:
     lr_decay_gamma: float = 0.1
     # cost levers (all off in `official`)
     skip_coarse_scales: int = 0  # coarsest scales left untrained; regeneration can then start at N - skip at most
+    skip_noise_amp_factor: float = 0.0  # >0: noise amplitude factor of the first trained scale when skipping
+    #                                     (it stands in for the coarser scales' randomness); 0: noise_amp_factor
     channels_last: bool = False  # CUDA only: NHWC memory layout
     bf16_autocast: bool = False  # CUDA only: bf16 autocast for the forward passes
 
@@ -79,8 +81,9 @@ PRESETS: dict[str, SinGANConfig] = {
     # a quarter of the iterations, no channel doubling at the fine scales, the two coarsest scales
     # (which sampling from N - 2 never runs) not trained.
     "fast": SinGANConfig(iters_per_scale=500, channels_double_every=1000, skip_coarse_scales=2),
-    # A few minutes on 2 CPU cores for a 64 px face (6 scales, all trained): the slow quality tests' model.
-    "reduced": SinGANConfig(iters_per_scale=100, base_channels=16, channels_double_every=1000),
+    # About a minute on one CPU core for a 48 px face (5 scales, all trained, so N and N-1 can be sampled):
+    # the slow quality tests' model.
+    "reduced": SinGANConfig(iters_per_scale=100, channels_double_every=1000),
     # Seconds on a CPU for 32-48 px images: unit tests only, learns nothing useful.
     "tiny": SinGANConfig(
         min_size_px=16, num_blocks=3, base_channels=4, channels_double_every=2, max_channels=8,
@@ -398,18 +401,20 @@ def _train_scale(
         if index == 0:
             amp = torch.ones(k, device=device, dtype=dtype)  # the coarsest scale is pure noise
         else:
-            amp = cfg.noise_amp_factor * _per_member((real - prev_rec) ** 2, k).sqrt()
+            factor = cfg.skip_noise_amp_factor if index == bank.first_index and cfg.skip_noise_amp_factor else cfg.noise_amp_factor
+            amp = factor * _per_member((real - prev_rec) ** 2, k).sqrt()
         bank.noise_amps[index] = amp
         rec_z = _pack(bank.rec_noise[None]) if index == bank.first_index else torch.zeros_like(real)
     # fused: one kernel per step instead of ~15 per parameter; it is elementwise, so one Adam over the
     # packed parameters is still K independent Adams.
     opt_d = torch.optim.Adam(critic.parameters(), lr=cfg.lr_d, betas=cfg.adam_betas, fused=True)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g, betas=cfg.adam_betas, fused=True)
-    decay_iter = int(round(cfg.lr_decay_at * cfg.iters_per_scale))
+    iters = cfg.iters_per_scale
+    decay_iter = int(round(cfg.lr_decay_at * iters))
     scale_s = bank.coarsest_scale - index
     autocast = _autocast(cfg, device)
     start = time.perf_counter()
-    for it in range(cfg.iters_per_scale):
+    for it in range(iters):
         if it == decay_iter:
             for opt, lr in ((opt_d, cfg.lr_d), (opt_g, cfg.lr_g)):
                 for group in opt.param_groups:
@@ -439,13 +444,13 @@ def _train_scale(
             (loss_adv + cfg.rec_weight * loss_rec).sum().backward()
             opt_g.step()
         if progress is not None:
-            progress(scale_s, it + 1, cfg.iters_per_scale)
+            progress(scale_s, it + 1, iters)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     gen.requires_grad_(False).eval().to(memory_format=torch.contiguous_format)
     bank.train_log.append({
         "scale": scale_s, "size_px": list(bank.sizes[index]), "channels": width,
-        "iterations": cfg.iters_per_scale, "seconds": time.perf_counter() - start,
+        "iterations": iters, "seconds": time.perf_counter() - start,
         "loss_rec": [float(x) for x in loss_rec.detach()], "noise_amp": [float(x) for x in amp],
     })
     return gen, critic
