@@ -98,8 +98,20 @@ def _expand_settings(args: argparse.Namespace):
         prepared=args.prepared, out=args.out, run_name=args.run_name, ganimation=args.ganimation,
         plan=PlanSettings(**plan), regenerations=args.regenerations, singan_preset=args.singan_preset,
         singan_start=args.singan_start, bank_size=args.bank_size, unit_size=args.unit_size, seed=args.seed,
+        limit_sources=args.limit_sources, singan_overrides=dict(_parse_overrides(args.singan_set)),
         test_split=args.test_split, gate=gate, sifid_weights=args.sifid_weights, device=args.device,
         fanout=args.fanout)
+
+
+def _parse_overrides(items: list[str]) -> list[tuple[str, float | int | bool]]:
+    pairs = []
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--singan-set expects FIELD=VALUE (e.g. iters_per_scale=200), got {item!r}")
+        value = json.loads(text.lower()) if text.lower() in ("true", "false") else (float(text) if "." in text else int(text))
+        pairs.append((name, value))
+    return pairs
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
@@ -226,10 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emotions", type=int, nargs="+", help="emotion ids the emotion plan may target (default all)")
     p.add_argument("--regenerations", "-M", type=int, default=2, help="M SinGAN regenerations per edit (0: edits only)")
     p.add_argument("--singan-preset", default="fast", help="SinGAN preset (fast, official, reduced, tiny, ...)")
+    p.add_argument("--singan-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change one SinGANConfig field of the preset, e.g. iters_per_scale=200 (repeatable)")
     p.add_argument("--singan-start", default="N-2", help="scale the image is injected at: N, N-1 or N-2 (default)")
     p.add_argument("--bank-size", type=int, default=16, help="faces trained together in one SinGAN bank")
     p.add_argument("--unit-size", type=int, default=64, help="source images per work unit / shard")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit-sources", type=int, help="expand only this many train sources (seeded choice), to try settings")
     p.add_argument("--test-split", default="copy", choices=["copy", "omit"], help="copy test originals through, or leave them out")
     p.add_argument("--min-ssim", type=float, help="quality gate: reject samples with SSIM to their source below this")
     p.add_argument("--max-au-fidelity", type=float, help="quality gate: reject edits whose critic AU error exceeds this")

@@ -65,10 +65,13 @@ class ExpandSettings(BaseModel):
     plan: PlanSettings = PlanSettings()
     regenerations: int = Field(2, ge=0, description="M SinGAN regenerations per edit; 0 = GANimation edits only")
     singan_preset: str = Field("fast", description=f"one of {sorted(PRESETS)}")
+    singan_overrides: dict[str, float | int | bool] = Field(
+        default_factory=dict, description="SinGANConfig fields to change from the preset, e.g. {'iters_per_scale': 200}")
     singan_start: str = Field("N-2", pattern=r"^N(-[0-9]+)?$", description="scale the image is injected at")
     bank_size: int = Field(16, ge=1, description="faces trained together in one SinGAN bank")
     unit_size: int = Field(64, ge=1, description="source images per work unit (one shard each)")
     seed: int = Field(0, description="run seed: every edit and sample seed derives from it")
+    limit_sources: int | None = Field(None, ge=1, description="expand only this many train sources (a seeded choice), e.g. to try settings")
     test_split: Literal["copy", "omit"] = Field("copy", description="copy test originals through untouched, or leave them out")
     gate: QualityGate = QualityGate()
     sifid_weights: str | None = Field(None, description="Inception-v3 weights (.pth) to score SIFID per SinGAN sample")
@@ -82,6 +85,10 @@ class ExpandSettings(BaseModel):
     def _check(self) -> "ExpandSettings":
         if self.singan_preset not in PRESETS:
             raise ValueError(f"singan_preset {self.singan_preset!r} is not one of {sorted(PRESETS)}")
+        try:
+            _singan(self)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"singan_overrides {self.singan_overrides}: {exc}") from exc
         if self.plan.kind != "none" and self.ganimation is None:
             raise ValueError("edits need a GANimation checkpoint: give `ganimation`, or set plan.kind='none' "
                              "(SinGAN regenerations of the originals only)")
@@ -96,9 +103,20 @@ class ExpandSettings(BaseModel):
         return ExpandJob(
             prepared=self.prepared, out=self.out, run_name=self.run_name, run_id=run_id,
             ganimation=self.ganimation if self.plan.kind != "none" else None, ganimation_batch=self.ganimation_batch,
-            regenerations=self.regenerations, singan_preset=self.singan_preset, singan_start=self.singan_start,
+            regenerations=self.regenerations, singan_preset=self.singan_preset,
+            singan_overrides=tuple(sorted(self.singan_overrides.items())), singan_start=self.singan_start,
             bank_size=self.bank_size, seed=self.seed, gate=self.gate, sifid_weights=self.sifid_weights,
             device=self.device)
+
+
+def select_rows(settings: ExpandSettings, rows: list[dict]) -> list[dict]:
+    """The prepared originals this run uses: all, or a seeded subset of the train sources (test rows kept)."""
+    if settings.limit_sources is None:
+        return rows
+    train = sorted((r for r in rows if r["split"] == "train"),
+                   key=lambda r: stable_hash([settings.seed, "limit", r["source_id"]]))[: settings.limit_sources]
+    keep = {r["source_id"] for r in train}
+    return [r for r in rows if r["split"] == "test" or r["source_id"] in keep]
 
 
 _PLANNERS = {"single_au": plan_single_au, "interpolate": plan_interpolate, "emotion": plan_emotion, "balance": plan_balance}
@@ -123,9 +141,14 @@ def plan_edits(settings: ExpandSettings, rows: list[dict]) -> Plan:
     return Plan(kept, plan.rejects, plan.notes)
 
 
-def singan_cost_per_face(preset_name: str, image_px: int) -> float:
+def _singan(settings: ExpandSettings):
+    import dataclasses
+
+    return dataclasses.replace(PRESETS[settings.singan_preset], **settings.singan_overrides)
+
+
+def singan_cost_per_face(config, image_px: int) -> float:
     """A FLOP proxy for training one face: sum over trained scales of pixels x channels^2 x steps."""
-    config = PRESETS[preset_name]
     sizes = pyramid_sizes(image_px, image_px, config)
     steps = config.iters_per_scale * (config.d_steps + config.g_steps)
     return float(sum(h * w * scale_channels(i, config) ** 2 * steps
@@ -134,7 +157,7 @@ def singan_cost_per_face(preset_name: str, image_px: int) -> float:
 
 def describe_plan(settings: ExpandSettings) -> dict:
     """What a run would do (the --dry-run print): counts per stage, edit kind and label, units, compute."""
-    rows = load_original_rows(settings.prepared)
+    rows = select_rows(settings, load_original_rows(settings.prepared))
     plan = plan_edits(settings, rows)
     units = plan_expand_units(rows, settings.unit_size, settings.config_hash(), settings.test_split == "copy")
     train = [r for r in rows if r["split"] == "train"]
@@ -142,8 +165,8 @@ def describe_plan(settings: ExpandSettings) -> dict:
     regenerations = parents * settings.regenerations
     summary = plan_summary(plan, [{k: r[k] for k in ("source_id", "split", "label", "au_source")} for r in rows])
     image_px = int(rows[0]["width"])
-    cost = singan_cost_per_face(settings.singan_preset, image_px) if settings.regenerations else 0.0
-    official = singan_cost_per_face("official", image_px)
+    cost = singan_cost_per_face(_singan(settings), image_px) if settings.regenerations else 0.0
+    official = singan_cost_per_face(PRESETS["official"], image_px)
     return {
         "config_hash": settings.config_hash(),
         "samples_per_stage": {"original": len(train) + (len(rows) - len(train) if settings.test_split == "copy" else 0),
@@ -213,7 +236,7 @@ def expand(settings: ExpandSettings) -> dict:
     job = settings.job(current_run_id())
 
     # 2. Read the prepared originals (both splits).
-    rows = load_original_rows(settings.prepared)
+    rows = select_rows(settings, load_original_rows(settings.prepared))
     logger.info(f"{len(rows)} prepared originals from {settings.prepared}")
 
     # 3. Plan the GANimation edits of the train sources.

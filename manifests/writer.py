@@ -10,7 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.schema import (
-    EMOTIONS, EDIT_KINDS, LABEL_KINDS, MANIFEST_SCHEMA, N_AUS, QUALITY_FIELDS, REJECTS_SCHEMA, SPLITS, STAGES,
+    EDIT_KINDS,
+    EMOTIONS,
+    LABEL_KINDS,
+    MANIFEST_SCHEMA,
+    N_AUS,
+    QUALITY_FIELDS,
+    REJECTS_SCHEMA,
+    SPLITS,
+    STAGES,
 )
 from manifests.shards import TMP_PREFIX, ShardSample, fsync_dir, write_shard
 

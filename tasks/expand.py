@@ -1,6 +1,7 @@
 """Expand stage: per work unit, GANimation edits of its sources, SinGAN banks on the edits, M regenerations each."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -19,8 +20,9 @@ from manifests.shards import read_member
 from manifests.writer import Sample, commit_unit, unit_committed
 from models.checkpoints import config_hash as dataclass_hash
 from models.metrics import ssim
-from models.singan import SinGANConfig, preset, regenerate, train_bank
+from models.singan import SinGANConfig, preset
 from tasks.errors import RejectError
+from tasks.singan import SinGANSampleConfig, derive_seed, regenerate_faces, ssim_to_source
 from tasks.targets import Edit
 
 PACKAGE_VERSION = "0.1.0"
@@ -63,6 +65,7 @@ class ExpandJob:
     ganimation_batch: int = 16
     regenerations: int = 2                 # M per edit (or per original when there are no edits)
     singan_preset: str = "fast"
+    singan_overrides: tuple[tuple[str, float | int | bool], ...] = ()  # SinGANConfig fields changed from the preset
     singan_start: str = "N-2"              # "N", "N-1", "N-2", ... counted from the coarsest scale N
     bank_size: int = 16                    # faces trained together in one SinGAN bank
     seed: int = 0
@@ -93,12 +96,7 @@ def parse_start_offset(start: str) -> int:
 
 
 def singan_config(job: ExpandJob) -> SinGANConfig:
-    return preset(job.singan_preset)
-
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any JSON-able parts: the same parts give the same seed on every machine."""
-    return int(stable_hash(list(parts), 15), 16)
+    return dataclasses.replace(preset(job.singan_preset), **dict(job.singan_overrides))
 
 
 def load_original_rows(prepared: str | os.PathLike) -> list[dict]:
@@ -134,15 +132,6 @@ def _ganimation(directory: str, device: str):
 def _ssim_uint8(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> list[float]:
     to = lambda xs: torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731  [N, 3, H, W]
     return [float(v) for v in ssim(to(a), to(b), value_range=(0.0, 1.0))]
-
-
-def _to_signed(images: Sequence[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # [K, 3, H, W]
-
-
-def _to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    pixels = ((images.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [np.ascontiguousarray(p) for p in pixels]
 
 
 @dataclass
@@ -197,35 +186,28 @@ def _singan_rows(parents: list[_Item], job: ExpandJob, device: str, versions: st
     if job.regenerations <= 0 or not parents:
         return []
     config = singan_config(job)
-    offset = parse_start_offset(job.singan_start)
+    sample = SinGANSampleConfig(start_offset=parse_start_offset(job.singan_start), num_samples=job.regenerations)
     chash = dataclass_hash(config)
     sifid = _sifid_scorer(job.sifid_weights, device)
     items = []
     for start in range(0, len(parents), job.bank_size):
         group = parents[start:start + job.bank_size]
+        # Seeds hang on the parent's sample id, so a sample never depends on how parents were grouped.
         train_seeds = [derive_seed(job.seed, "singan", p.row["sample_id"]) for p in group]
-        images = _to_signed([p.image for p in group]).to(device)
-        bank = train_bank(images, config, train_seeds, device=device)
-        start_scale = bank.coarsest_scale - offset
-        if not 0 <= start_scale <= bank.max_start_scale:
-            raise ValueError(f"singan_start {job.singan_start}: scale {start_scale} is not available with preset "
-                             f"{job.singan_preset!r} (N = {bank.coarsest_scale}, start scales 0..{bank.max_start_scale})")
-        for k, parent in enumerate(group):
-            sample_seeds = [derive_seed(train_seeds[k], j) for j in range(job.regenerations)]
-            outs = _to_uint8(regenerate(bank, k, images[k], start_scale, job.regenerations, sample_seeds))
-            similarity = _ssim_uint8(outs, [parent.image] * len(outs))
-            for j, (out, sim) in enumerate(zip(outs, similarity)):
+        sample_seeds = [[derive_seed(seed, j) for j in range(job.regenerations)] for seed in train_seeds]
+        start_scale, outputs = regenerate_faces([p.image for p in group], config, train_seeds, sample, sample_seeds, device)
+        for parent, seed, outs in zip(group, train_seeds, outputs):
+            p = parent.row
+            for j, (out, sim) in enumerate(zip(outs, ssim_to_source(outs, parent.image))):
                 quality = {"ssim_to_source": sim}
                 if sifid is not None:
                     quality["sifid"] = sifid(parent.image, out)
-                p = parent.row
                 singan_params = {"config": chash, "start_scale": start_scale, "sample": j}
-                row = {**p, "stage": "singan", "singan_start_scale": start_scale, "singan_sample": j,
-                       "seed": train_seeds[k], "quality": quality,
-                       "edit_kind": p["edit_kind"], "label_kind": "inherited" if p["stage"] == "original" else p["label_kind"],
+                row = {**p, "stage": "singan", "singan_start_scale": start_scale, "singan_sample": j, "seed": seed,
+                       "quality": quality, "label_kind": "inherited" if p["stage"] == "original" else p["label_kind"],
                        "sample_id": make_sample_id(p["source_sha256"], "singan", edit=p["sample_id"],
-                                                   singan=singan_params, seed=train_seeds[k])}
-                failed = job.gate.check({"ssim_to_source": sim})
+                                                   singan=singan_params, seed=seed)}
+                failed = job.gate.check(quality)
                 if failed:
                     rejects.append(RejectError("quality", "below_quality_gate",
                                                f"SinGAN sample {j} of {p['sample_id']}: {failed}").as_row(p["source_id"]))
