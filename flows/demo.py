@@ -21,7 +21,7 @@ from tasks.train_ganimation import TrainGANimationConfig
 DEMO_SIZE_PX = 64             # small faces keep the whole demo within minutes on 2 CPU cores
 SYNTHETIC_IDENTITIES = 300    # x 2 faces each; 20 % of the identities are held out as the test split
 SYNTHETIC_PER_IDENTITY = 2
-EXPANDED_SOURCES = 4          # train faces the demo expands (a seeded choice)
+EXPANDED_SOURCES = 3          # train faces the demo expands (a seeded choice): 9 edits, 18 regenerations
 # A small GANimation (resize-conv upsampling: no checkerboard at this size) and a short schedule.
 DEMO_GANIMATION = TrainGANimationConfig(
     model=GANimationConfig(image_size_px=DEMO_SIZE_PX, conv_dim=16, repeat_num=3, critic_conv_dim=16,
@@ -29,7 +29,7 @@ DEMO_GANIMATION = TrainGANimationConfig(
     batch_size=16, lr_generator=3e-4, lr_critic=1e-3)
 DEMO_GANIMATION_EPOCHS = 8
 # The pipeline's default SinGAN preset with a short schedule and narrow nets (demo quality, demo cost).
-DEMO_SINGAN = {"preset": "fast", "overrides": {"iters_per_scale": 60, "base_channels": 16}}
+DEMO_SINGAN = {"preset": "fast", "overrides": {"iters_per_scale": 40, "base_channels": 16}}
 
 
 @flow(name="demo", log_prints=True)
@@ -72,7 +72,7 @@ def demo(out: str = "demo-out", device: str | None = None) -> dict:
         prepared=str(root / "prepared-real"), out=str(root / "expanded-real"), run_name="demo",
         plan=PlanSettings(kind="none"), regenerations=2, singan_preset=DEMO_SINGAN["preset"],
         singan_overrides=DEMO_SINGAN["overrides"], singan_start="N-2", bank_size=16, unit_size=16, seed=0,
-        limit_sources=3, device=device))
+        limit_sources=2, device=device))
 
     minutes = (time.perf_counter() - t0) / 60
     logger.info(f"demo finished in {minutes:.1f} min")

@@ -193,7 +193,10 @@ def describe_plan(settings: ExpandSettings) -> dict:
 def expand_unit_task(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
     """One unit on the GPU; the `gpu` concurrency slot keeps a worker from running more units than it has GPUs."""
     from prefect.concurrency.sync import concurrency
+    from prefect.settings import PREFECT_API_URL
 
+    if not PREFECT_API_URL.value():  # embedded Prefect: one process, nothing to share the GPU with
+        return expand_unit(unit, edits, job)
     with concurrency("gpu", occupy=1, strict=False):
         return expand_unit(unit, edits, job)
 

@@ -19,10 +19,26 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for command in ("prepare", "verify", "inspect-au", "demo"):
+    for command in ("prepare", "expand", "train-ganimation", "import-checkpoint", "verify", "inspect-au", "sifid",
+                    "evaluate-fer", "demo"):
         assert command in text
-    for command in ("prepare", "verify", "inspect-au", "demo"):
-        assert build_parser().parse_args([command, "x", "--out", "y"] if command == "prepare" else [command] + (["x"] if command != "demo" else []))
+    parser = build_parser()
+    assert parser.parse_args(["prepare", "x", "--out", "y"]).func.__name__ == "cmd_prepare"
+    args = parser.parse_args(["expand", "p", "--out", "o", "--plan", "none", "--singan-set", "iters_per_scale=60"])
+    assert args.func.__name__ == "cmd_expand" and args.singan_set == ["iters_per_scale=60"]
+
+
+def test_expand_settings_from_flags(tmp_path):
+    from flows.cli import _expand_settings
+
+    args = build_parser().parse_args(["expand", "p", "--out", "o", "--plan", "none", "-M", "3", "--singan-set",
+                                      "iters_per_scale=60", "--singan-set", "bf16_autocast=true", "--min-ssim", "0.5"])
+    settings = _expand_settings(args)
+    assert settings.singan_overrides == {"iters_per_scale": 60, "bf16_autocast": True}
+    assert settings.regenerations == 3 and settings.gate.min_ssim_to_source == 0.5 and settings.ganimation is None
+    bad = build_parser().parse_args(["expand", "p", "--out", "o", "--plan", "none", "--singan-set", "no_such_field=1"])
+    with pytest.raises(ValueError, match="no_such_field"):
+        _expand_settings(bad)
 
 
 def test_prepare_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
