@@ -17,7 +17,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.singan import (  # noqa: E402
-    Critic, Generator, SinGANConfig, measure_quality, preset, pyramid_sizes, scale_channels, train_bank,
+    Critic,
+    Generator,
+    SinGANConfig,
+    measure_quality,
+    preset,
+    pyramid_sizes,
+    scale_channels,
+    train_bank,
 )
 
 DEFAULT_PRESET = "fast"
@@ -86,7 +93,9 @@ def timed_training(images: torch.Tensor, config: SinGANConfig, device: torch.dev
     return bank, time.perf_counter() - start
 
 
-def print_scale_table(config_name: str, config: SinGANConfig, sizes, first: int, per_iter: list[float], measured: list[float] | None):
+def print_scale_table(
+    config_name: str, config: SinGANConfig, sizes, first: int, per_iter: list[float], measured: list[float] | None
+) -> None:
     print(f"\n  per scale, {config_name}:")
     print("    scale  size  ch  iters   s/iter  s/scale(extrapolated)" + ("  s/scale(measured)" if measured else ""))
     for j, t_iter in enumerate(per_iter):
@@ -123,7 +132,7 @@ def section_cost(faces: torch.Tensor, device: torch.device, quick: bool, default
     default_s = results[default_name].get("measured_s", results[default_name]["extrapolated_s"])
     basis = "measured" if "measured_s" in results[default_name] else "extrapolated"
     print(f"  -> {default_name} ({basis}) is {official_s / default_s:.1f}x cheaper per face than official "
-          f"(official extrapolated from {probe_iters} iterations per scale x 2000)")
+          f"(official extrapolated from {probe_iters} iterations per scale x {preset('official').iters_per_scale})")
     results["speedup"] = official_s / default_s
     return results
 
@@ -150,7 +159,7 @@ def section_bank(faces: torch.Tensor, device: torch.device, quick: bool, default
 def section_grouped_vs_vmap(device: torch.device, quick: bool) -> dict:
     """One generator + critic forward/backward for K=8 members at the finest 128 px scale: grouped convs
     (what the bank uses) vs torch.func.vmap over stacked single-member parameters."""
-    from torch.func import functional_call, grad, stack_module_state, vmap, replace_all_batch_norm_modules_
+    from torch.func import functional_call, grad, replace_all_batch_norm_modules_, stack_module_state, vmap
 
     cfg, k, size, width = preset(DEFAULT_PRESET), 8, 128, 32
     gens = [torch.Generator(device=device).manual_seed(i) for i in range(k)]

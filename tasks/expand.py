@@ -202,7 +202,7 @@ def _singan_rows(parents: list[_Item], job: ExpandJob, device: str, versions: st
                 quality = {"ssim_to_source": sim}
                 if sifid is not None:
                     quality["sifid"] = sifid(parent.image, out)
-                singan_params = {"config": chash, "start_scale": start_scale, "sample": j}
+                singan_params = {"config": chash, "start_scale": start_scale, "sample": j, "noise_gain": sample.noise_gain}
                 row = {**p, "stage": "singan", "singan_start_scale": start_scale, "singan_sample": j, "seed": seed,
                        "quality": quality, "label_kind": "inherited" if p["stage"] == "original" else p["label_kind"],
                        "sample_id": make_sample_id(p["source_sha256"], "singan", edit=p["sample_id"],

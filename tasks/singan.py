@@ -14,8 +14,16 @@ from manifests.schema import stable_hash
 from models.checkpoints import checkpoint_id, config_from_dict, config_hash, load_checkpoint, save_checkpoint
 from models.metrics import ssim
 from models.singan import (
-    DEFAULT_START_OFFSET, ProgressFn, SinGANBank, SinGANConfig, bank_from_state, bank_state, preset,
-    pyramid_sizes, regenerate, train_bank,
+    DEFAULT_START_OFFSET,
+    ProgressFn,
+    SinGANBank,
+    SinGANConfig,
+    bank_from_state,
+    bank_state,
+    preset,
+    pyramid_sizes,
+    regenerate,
+    train_bank,
 )
 from tasks.errors import RejectError
 
@@ -30,13 +38,14 @@ class SinGANSampleConfig:
 
     start_offset: start at scale N - start_offset, counted from the coarsest N; 2 (N-2) keeps the face's
         layout, 0 is SinGAN's plain random sample. Recorded per sample as singan_start_scale.
-    noise_gain: multiplies the noise amplitude at the start scale only (1 = as trained); more gives more
-        varied samples at some cost in similarity (see notes/singan_readme.md for the measured trade-off).
+    noise_gain: multiplies the noise amplitude at the start scale only (1 = as trained). Portraits injected
+        at N-2 come out as near-copies at 1; 2 doubles their diversity for a small loss in similarity
+        (measured trade-off in notes/singan_readme.md).
     """
 
     start_offset: int = DEFAULT_START_OFFSET
     num_samples: int = 4
-    noise_gain: float = 1.0
+    noise_gain: float = 2.0
 
     def __post_init__(self) -> None:
         if self.start_offset < 0 or self.num_samples < 1 or self.noise_gain < 0:

@@ -13,8 +13,18 @@ from models.metrics import diversity, patch_realism, rmse, ssim
 from models.singan import SinGANConfig, preset, regenerate
 from tasks.errors import RejectError
 from tasks.singan import (
-    BANK_KIND, SinGANSampleConfig, derive_seed, images_to_tensor, load_bank, regenerate_faces,
-    regenerate_faces_task, regenerate_images, sample_seeds, save_bank, ssim_to_source, tensor_to_images,
+    BANK_KIND,
+    SinGANSampleConfig,
+    derive_seed,
+    images_to_tensor,
+    load_bank,
+    regenerate_faces,
+    regenerate_faces_task,
+    regenerate_images,
+    sample_seeds,
+    save_bank,
+    ssim_to_source,
+    tensor_to_images,
     train_singan_bank,
 )
 
@@ -169,8 +179,12 @@ def astronaut_bank(astronaut_face):
 
 @pytest.fixture(scope="module")
 def astronaut_skip_bank(astronaut_face):
-    """The same, with the two coarsest scales left untrained as in the default preset."""
-    bank = train_singan_bank([astronaut_face], dataclasses.replace(preset("reduced"), skip_coarse_scales=2), [0], device="cpu")
+    """The same budget with the default preset's design: the two coarsest scales untrained, the first trained
+    scale at the default preset's raised noise amplitude."""
+    fast = preset("fast")
+    cfg = dataclasses.replace(preset("reduced"), skip_coarse_scales=fast.skip_coarse_scales,
+                              skip_noise_amp_factor=fast.skip_noise_amp_factor)
+    bank = train_singan_bank([astronaut_face], cfg, [0], device="cpu")
     return bank, images_to_tensor([astronaut_face], bank.config)[0]
 
 
