@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models.checkpoints import config_from_dict, config_to_dict, load_checkpoint
 from models.ganimation import Critic, GANimationConfig, Generator, GeneratorOutput, init_weights
@@ -43,8 +44,14 @@ class TrainGANimationConfig:
     init_std: float = 0.02  # N(0, std) conv init, as the official code
     checkpoint_every_epochs: int = 1  # the last epoch is always checkpointed
     sample_grid_rows: int = 6
+    # DiffAugment-style random translation (pixels, each way) of every image the critic sees, real and
+    # edited, with independent shifts per image; 0 = off (the published setting). It stops the critic's
+    # AU head from being read off exact pixel positions, which an editor can otherwise exploit with texture.
+    critic_translate_px: int = 0
 
     def __post_init__(self) -> None:
+        if self.critic_translate_px < 0:
+            raise ValueError(f"critic_translate_px must be >= 0, got {self.critic_translate_px}")
         if self.batch_size < 1 or self.critic_steps_per_generator_step < 1 or self.checkpoint_every_epochs < 1:
             raise ValueError("batch_size, critic_steps_per_generator_step and checkpoint_every_epochs must be >= 1")
         if not 0.0 <= self.lr_decay_fraction <= 1.0:
@@ -139,16 +146,20 @@ def train_ganimation(
 def critic_step(
     generator: Generator, critic: Critic, opt_d: torch.optim.Optimizer, real: torch.Tensor,
     source_aus: torch.Tensor, target_aus: torch.Tensor, alpha: torch.Tensor, weights: LossWeights,
-    fake: torch.Tensor | None = None,
+    fake: torch.Tensor | None = None, shifts: tuple[torch.Tensor, torch.Tensor] | None = None, translate_px: int = 0,
 ) -> dict[str, float]:
     """One critic update: WGAN-GP on real vs edited images + AU regression on the real ones.
 
     fake: G(real, target_aus) if the caller already has it (it is detached here).
+    shifts: (real shifts [B, 2], fake shifts [B, 2]) in [-translate_px, translate_px] when the critic sees
+        translated images (see translate); the penalty is taken between the translated images.
     """
     if fake is None:
         with torch.no_grad():
             fake = generator(real, target_aus).image
     fake = fake.detach()
+    if shifts is not None:
+        real, fake = translate(real, shifts[0], translate_px), translate(fake, shifts[1], translate_px)
     scores = critic(torch.cat([real, fake]))  # one pass over both; the critic has no batch-coupled layers
     batch = real.shape[0]
     penalty = gradient_penalty(lambda x: critic(x).realness, real, fake, alpha)
@@ -163,16 +174,18 @@ def critic_step(
 def generator_step(
     generator: Generator, critic: Critic, opt_g: torch.optim.Optimizer, real: torch.Tensor,
     source_aus: torch.Tensor, target_aus: torch.Tensor, weights: LossWeights,
-    edited: GeneratorOutput | None = None,
+    edited: GeneratorOutput | None = None, shifts: torch.Tensor | None = None, translate_px: int = 0,
 ) -> dict[str, float]:
     """One generator update: fool the critic, hit the target AUs, cycle back to the source.
 
     edited: G(real, target_aus) with its autograd graph, if the caller already ran it.
+    shifts: [B, 2] translation of the edit as the critic sees it (the cycle uses the untranslated edit).
     """
     critic.requires_grad_(False)  # gradients flow through the critic but its weights are not trained here
     try:
         edited = generator(real, target_aus) if edited is None else edited
-        scores = critic(edited.image)
+        seen = edited.image if shifts is None else translate(edited.image, shifts, translate_px)
+        scores = critic(seen)
         cycled = generator(edited.image, source_aus)
         total, terms = generator_loss(scores.realness, scores.aus, target_aus, cycled.image, real,
                                       (edited.attention, cycled.attention), weights)
@@ -183,6 +196,28 @@ def generator_step(
         critic.requires_grad_(True)
     return {"g_total": total.item(), **{k: v.item() for k, v in terms.items()},
             "attention_mean": edited.attention.mean().item()}
+
+
+def translate(images: torch.Tensor, shifts: torch.Tensor, max_px: int) -> torch.Tensor:
+    """Shift each image by its own (dy, dx) (ints in [-max_px, max_px]), filling with the edge pixels.
+
+    images [B, C, H, W], shifts [B, 2]; differentiable in images. Output pixel (y, x) of image b is
+    input pixel (y - dy, x - dx), clamped to the image.
+    """
+    if max_px == 0:
+        return images
+    b, _, h, w = images.shape
+    padded = F.pad(images, (max_px, max_px, max_px, max_px), mode="replicate")
+    shifts = shifts.to(images.device).long()
+    rows = torch.arange(h, device=images.device)[None, :] + max_px - shifts[:, :1]  # [B, H]
+    cols = torch.arange(w, device=images.device)[None, :] + max_px - shifts[:, 1:]  # [B, W]
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def random_shifts(n: int, max_px: int, rng: torch.Generator) -> torch.Tensor:
+    """[n, 2] integer shifts, uniform in [-max_px, max_px]."""
+    return torch.randint(-max_px, max_px + 1, (n, 2), generator=rng)
 
 
 def sample_targets(
@@ -223,6 +258,9 @@ def _train_epoch(dataset, aus_table, config, generator, critic, opt_g, opt_d, ep
         flip = torch.rand(len(index), generator=rng) < 0.5
         target_aus, _ = sample_targets(aus_table, index, config.target_noise, rng)
         alpha = torch.rand(len(index), generator=rng)
+        shifts = None
+        if config.critic_translate_px:  # real, fake (critic step), edit (generator step)
+            shifts = [random_shifts(len(index), config.critic_translate_px, rng) for _ in range(3)]
         real, source_aus = _load_batch(dataset, index, config.model)
         if config.horizontal_flip:
             real = torch.where(flip[:, None, None, None], real.flip(-1), real)
@@ -234,11 +272,13 @@ def _train_epoch(dataset, aus_table, config, generator, critic, opt_g, opt_d, ep
         # On a generator step the edit is run once, with its graph, and shared with the critic step
         # before it (the generator does not change in between).
         edited = generator(real, target_aus) if step % config.critic_steps_per_generator_step == 0 else None
+        px = config.critic_translate_px
         terms = critic_step(generator, critic, opt_d, real, source_aus, target_aus, alpha.to(device),
-                            config.losses, fake=None if edited is None else edited.image)
+                            config.losses, fake=None if edited is None else edited.image,
+                            shifts=None if shifts is None else (shifts[0], shifts[1]), translate_px=px)
         if edited is not None:
             terms.update(generator_step(generator, critic, opt_g, real, source_aus, target_aus, config.losses,
-                                        edited=edited))
+                                        edited=edited, shifts=None if shifts is None else shifts[2], translate_px=px))
         for k, v in terms.items():
             sums[k] += v
             counts[k] += 1

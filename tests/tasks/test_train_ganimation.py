@@ -1,6 +1,7 @@
 """GANimation training loop: steps lower the loss, seeds reproduce, resume continues exactly, files written."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -12,8 +13,16 @@ from models.ganimation import Critic, GANimationConfig, Generator, init_weights
 from models.ganimation_losses import LossWeights
 from tasks.ganimation import load_ganimation
 from tasks.train_ganimation import (
-    TrainGANimationConfig, critic_step, generator_step, latest_checkpoint, lr_factor, sample_targets,
-    train_config_from_dict, train_ganimation,
+    TrainGANimationConfig,
+    critic_step,
+    generator_step,
+    latest_checkpoint,
+    lr_factor,
+    random_shifts,
+    sample_targets,
+    train_config_from_dict,
+    train_ganimation,
+    translate,
 )
 
 MODEL = GANimationConfig(image_size_px=16, conv_dim=8, repeat_num=1, critic_conv_dim=8, critic_layers=2)
@@ -77,6 +86,36 @@ def test_sharing_the_edit_between_critic_and_generator_steps_changes_nothing():
         results.append({**generator.state_dict(), **{f"c.{k}": v for k, v in critic.state_dict().items()}})
     for key in results[0]:
         torch.testing.assert_close(results[1][key], results[0][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_translate_shifts_each_image_by_its_own_offset_with_edge_fill():
+    images = torch.rand(3, 2, 6, 7, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    shifts = torch.tensor([[0, 0], [2, -1], [-3, 3]])
+    out = translate(images, shifts, 3)
+    assert out.shape == images.shape
+    torch.testing.assert_close(out[0], images[0])
+    # Image 1 moved 2 down and 1 left: output (y, x) is input (y - 2, x + 1); the top rows repeat row 0.
+    torch.testing.assert_close(out[1, :, 2:, :-1], images[1, :, :-2, 1:])
+    torch.testing.assert_close(out[1, :, 0, :-1], images[1, :, 0, 1:])
+    torch.testing.assert_close(out[1, :, 2:, -1], images[1, :, :-2, -1])
+    torch.testing.assert_close(out[2, :, :-3, 3:], images[2, :, 3:, :-3])
+    out.sum().backward()  # differentiable: every output pixel came from one input pixel
+    assert images.grad.sum().item() == pytest.approx(out.numel())
+    assert translate(images, shifts, 0) is images
+    s = random_shifts(500, 2, torch.Generator().manual_seed(1))
+    assert s.shape == (500, 2) and set(s.flatten().tolist()) == {-2, -1, 0, 1, 2}
+
+
+def test_critic_translation_is_seeded_and_changes_training(tmp_path):
+    augmented = dataclasses.replace(CONFIG, critic_translate_px=2)
+    weights = {}
+    for name, config in (("a", augmented), ("b", augmented), ("plain", CONFIG)):
+        train_ganimation(_dataset(), config, tmp_path / name, epochs=1, seed=5)
+        weights[name], _ = load_checkpoint(latest_checkpoint(tmp_path / name))
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert not torch.equal(weights["a"]["critic.au_head.weight"], weights["plain"]["critic.au_head.weight"])
+    with pytest.raises(ValueError, match="critic_translate_px"):
+        TrainGANimationConfig(critic_translate_px=-1)
 
 
 def test_targets_come_from_other_samples_plus_bounded_noise():
