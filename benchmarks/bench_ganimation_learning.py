@@ -1,8 +1,8 @@
 """Does GANimation learn? The synthetic AU benchmark: oracle quality, bounds, and the edit ratio over training time.
 
-    .venv/bin/python benchmarks/bench_ganimation_learning.py --config LONG           # about an hour on CPU
-    .venv/bin/python benchmarks/bench_ganimation_learning.py --config LEARNING_TEST  # the slow test's run
-    .venv/bin/python benchmarks/bench_ganimation_learning.py --config DEMO --sheet demo_sheet.png
+    .venv/bin/python benchmarks/bench_ganimation_learning.py --config LONG --out runs/gan_long   # ~25 min, 1 core
+    .venv/bin/python benchmarks/bench_ganimation_learning.py --config LEARNING_TEST              # the slow test's run
+    .venv/bin/python benchmarks/bench_ganimation_learning.py --config LONG --out runs/gan_long --sheet sheet.png
 
 Builds the synthetic faces through ingest + prepare, trains the independent AU oracle, trains GANimation,
 and every few epochs edits held-out identities towards random targets. ratio = oracle error of the
@@ -31,7 +31,7 @@ def main() -> None:
 
     def show(row: dict) -> None:
         print(f"epoch {row['epoch']:3d}  gen steps {row['generator_steps']:5d}  train {row['train_seconds']:6.0f} s  "
-              f"ratio {row['ratio']:.3f}  attention {row['attention_mean']:.3f}  "
+              f"ratio {row['ratio']:.3f}  pixel ratio {row['pixel_ratio']:.3f}  attention {row['attention_mean']:.3f}  "
               f"outside {row['outside_diff']:.4f}  inside {row['inside_diff']:.4f}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="ganimation-bench-") as tmp:

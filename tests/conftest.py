@@ -40,3 +40,15 @@ def astronaut_rgb() -> np.ndarray:
 @pytest.fixture(scope="session")
 def grace_hopper_rgb() -> np.ndarray:
     return load_grace_hopper()
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny models gain nothing from threads, and on a crowded machine
+    thread hand-offs cost far more than the maths. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

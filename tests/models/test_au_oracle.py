@@ -7,13 +7,7 @@ import torch
 from models.au_oracle import AUOracle, AUOracleConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a crowded machine thread hand-offs cost 100x the maths.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = AUOracleConfig(image_size_px=32, au_names=("AU01", "AU12", "AU45"), stem_width=4, widths=(8, 8), hidden=16)

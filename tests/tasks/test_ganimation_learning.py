@@ -43,13 +43,7 @@ TINY = GANimationBenchConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a crowded machine thread hand-offs cost more than the maths.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Replay(nn.Module):
@@ -115,6 +109,14 @@ def test_doing_nothing_scores_ratio_one_and_a_perfect_edit_scores_the_ceiling(ti
     assert perfect["ratio"] == pytest.approx(perfect["ceiling_ratio"])
     assert perfect["edited_error"] == pytest.approx(perfect["ceiling_error"])
     assert perfect["outside_diff"] == 0.0 and perfect["inside_diff"] > 0.0
+    assert nothing["pixel_ratio"] == pytest.approx(1.0) and perfect["pixel_ratio"] == 0.0
+    # Texture that changes the edited regions without drawing the target scores worse than no edit.
+    rng = np.random.default_rng(0)
+    smudged = eval_set.images.copy()
+    noise = rng.integers(0, 256, smudged.shape, dtype=np.uint8)
+    smudged[eval_set.edit_masks] = noise[eval_set.edit_masks]
+    smudge = evaluate_edits(_Replay(TINY.train.model, smudged), tiny_oracle, eval_set)
+    assert smudge["pixel_ratio"] > 1.0
 
 
 def test_tiny_benchmark_runs_end_to_end(tmp_path):
@@ -141,6 +143,9 @@ def test_emotion_sheet_shows_a_source_and_seven_edits_per_face(tiny_data):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="open work: the edits reach oracle ratio ~0.6 in 10 CPU minutes but are colour "
+                   "smudges that fool the oracle; in pixels they are further from the true re-render than no edit "
+                   "(pixel_ratio ~2.4). See README, Synthetic AU benchmark.")
 def test_ganimation_learns_au_edits_on_held_out_identities(tmp_path):
     report = run_benchmark(LEARNING_TEST, tmp_path)
     print(format_report(report))
@@ -155,3 +160,6 @@ def test_ganimation_learns_au_edits_on_held_out_identities(tmp_path):
     # Regions the edited AUs cannot move stay close to the input, and change far less than the edited regions.
     assert final["outside_diff"] < 0.02
     assert final["outside_diff"] < 0.25 * final["inside_diff"]
+    # ... and draw the expression: inside the edited regions the edit is closer to the true re-render of
+    # the target than the unedited input is (texture that only fools the oracle fails here).
+    assert final["pixel_ratio"] < 0.8

@@ -25,13 +25,7 @@ from tasks.oracle import (
 from tasks.synthetic import RENDERED_AUS, RenderConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a crowded machine thread hand-offs cost 100x the maths.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = OracleTrainConfig(
