@@ -33,6 +33,13 @@ class GANimationConfig:
     upsample: str = "transposed"
     critic_conv_dim: int = 64  # channels of the first critic conv; doubled by each later one
     critic_layers: int = 6  # 4x4 stride-2 convs in the critic
+    # Published: the AUs enter only as tiled input planes. Each plane is constant, so after the stem
+    # conv its response is a per-channel constant away from the 3-pixel border, which the stem's
+    # InstanceNorm subtracts: the target survives only through what the border band adds to each
+    # channel's mean and variance, an indirect signal. au_film adds FiLM to every residual block
+    # (per-channel scale and shift after each norm, linear in the AUs, zero at init, so training
+    # starts from the published function). Cannot hold published weights (they have no FiLM layers).
+    au_film: bool = False
 
     def __post_init__(self) -> None:
         if self.norm_layout not in NORM_LAYOUTS:
@@ -91,19 +98,29 @@ class ConvNormReLU(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 convs; no activation after the add (as published)."""
+    """Two 3x3 convs; no activation after the add (as published). With n_film_aus > 0, each norm's
+    output is modulated by the AUs: h * (1 + gamma(aus)) + beta(aus), gamma and beta linear, zero at init."""
 
-    def __init__(self, channels: int, layout: str):
+    def __init__(self, channels: int, layout: str, n_film_aus: int = 0):
         super().__init__()
         bias = layout == "replicate"
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
         self.norm1 = _norm(channels, layout)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
         self.norm2 = _norm(channels, layout)
+        self.film = None
+        if n_film_aus:
+            self.film = nn.Linear(n_film_aus, 4 * channels)  # gamma1, beta1, gamma2, beta2
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.norm1(self.conv1(x)))
-        return x + self.norm2(self.conv2(h))
+    def forward(self, x: torch.Tensor, aus: torch.Tensor | None = None) -> torch.Tensor:
+        if self.film is None:
+            h = F.relu(self.norm1(self.conv1(x)))
+            return x + self.norm2(self.conv2(h))
+        gamma1, beta1, gamma2, beta2 = self.film(aus)[:, :, None, None].chunk(4, dim=1)  # each [B, C, 1, 1]
+        h = F.relu(self.norm1(self.conv1(x)) * (1 + gamma1) + beta1)
+        return x + self.norm2(self.conv2(h)) * (1 + gamma2) + beta2
 
 
 class UpBlock(ConvNormReLU):
@@ -163,7 +180,8 @@ class Generator(nn.Module):
             down.append(ConvNormReLU(nn.Conv2d(dim, dim * 2, 4, stride=2, padding=1, bias=bias), dim * 2, layout))
             dim *= 2
         self.down = nn.ModuleList(down)
-        self.blocks = nn.ModuleList(ResidualBlock(dim, layout) for _ in range(config.repeat_num))
+        film = config.n_aus if config.au_film else 0
+        self.blocks = nn.ModuleList(ResidualBlock(dim, layout, film) for _ in range(config.repeat_num))
         up = []
         for _ in range(N_DOWNSAMPLINGS):
             up.append(UpBlock(dim, dim // 2, layout, config.upsample))
@@ -181,11 +199,12 @@ class Generator(nn.Module):
             raise ValueError(f"aus must be [{batch}, {self.config.n_aus}], got {tuple(aus.shape)}")
         if height % 4 or width % 4:
             raise ValueError(f"image height and width must be divisible by 4, got {height}x{width}")
-        h = F.relu(self.stem.norm(self._stem_conv(images, aus.to(images.dtype))))  # [B, conv_dim, H, W]
+        aus = aus.to(images.dtype)
+        h = F.relu(self.stem.norm(self._stem_conv(images, aus)))  # [B, conv_dim, H, W]
         for layer in self.down:
             h = layer(h)
         for block in self.blocks:
-            h = block(h)
+            h = block(h, aus)
         for layer in self.up:
             h = layer(h)  # back to [B, conv_dim, H, W]
         colour = torch.tanh(self.colour_head(h))

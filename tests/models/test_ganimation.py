@@ -50,6 +50,25 @@ def test_aus_condition_the_output():
     assert not torch.allclose(gen(images, aus).image, gen(images, 1 - aus).image)
 
 
+def test_au_film_starts_as_the_published_generator_and_conditions_every_block():
+    plain = Generator(GANimationConfig(**TINY))
+    film = Generator(GANimationConfig(**TINY, au_film=True))
+    init_weights(plain, torch.Generator().manual_seed(3))
+    init_weights(film, torch.Generator().manual_seed(3))
+    extra = set(film.state_dict()) - set(plain.state_dict())
+    assert extra == {f"blocks.{i}.film.{p}" for i in range(TINY["repeat_num"]) for p in ("weight", "bias")}
+    film.load_state_dict(plain.state_dict(), strict=False)
+    images, aus = _inputs()
+    torch.testing.assert_close(film(images, aus).image, plain(images, aus).image, rtol=0, atol=0)  # zero FiLM
+    # A FiLM shift moves the bottleneck of every pixel with the AUs; the published block ignores them.
+    with torch.no_grad():
+        film.blocks[0].film.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(4))
+    h = torch.randn(2, 32, 4, 4, generator=torch.Generator().manual_seed(5))
+    a, b = torch.zeros(2, 17), torch.ones(2, 17)
+    assert (film.blocks[0](h, a) - film.blocks[0](h, b)).abs().amin() > 0
+    torch.testing.assert_close(plain.blocks[0](h, a), plain.blocks[0](h, b), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("layout", ["official", "replicate"])
 def test_critic_shapes(layout):
     torch.manual_seed(0)
