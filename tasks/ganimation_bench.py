@@ -88,11 +88,12 @@ class GANimationBenchConfig:
 
 # ---------------------------------------------------------------- the benchmark's named runs
 
-# A small 64 px GANimation: the published trunk with conv_dim 8, three residual blocks and resize-conv
-# upsampling (transposed convs leave checkerboards at this size), a 4-layer critic, one critic step per
-# generator step at a 3x higher critic learning rate, the lr decaying over the second half.
+# A small 64 px GANimation: the published trunk with conv_dim 8, three residual blocks with FiLM AU
+# conditioning and resize-conv upsampling (transposed convs leave checkerboards at this size), a 4-layer
+# critic, one critic step per generator step at a 3x higher critic learning rate, the lr decaying over
+# the second half.
 BENCH_MODEL = GANimationConfig(image_size_px=64, conv_dim=8, repeat_num=3, critic_conv_dim=16, critic_layers=4,
-                               upsample="resize_conv")
+                               upsample="resize_conv", au_film=True)
 BENCH_TRAIN = TrainGANimationConfig(model=BENCH_MODEL, batch_size=8, critic_steps_per_generator_step=1,
                                     lr_generator=3e-4, lr_critic=1e-3, lr_decay_fraction=0.5)
 BENCH_ORACLE = OracleTrainConfig(model=small_oracle_config(64), render=RenderConfig(64), epochs=10)
