@@ -1,6 +1,6 @@
 """Does GANimation learn? The synthetic AU benchmark: oracle quality, bounds, and the edit ratio over training time.
 
-    .venv/bin/python benchmarks/bench_ganimation_learning.py --config LONG --out runs/gan_long   # ~25 min, 1 core
+    .venv/bin/python benchmarks/bench_ganimation_learning.py --config LONG --out runs/gan_long   # ~35 min, 1 core
     .venv/bin/python benchmarks/bench_ganimation_learning.py --config LEARNING_TEST              # the slow test's run
     .venv/bin/python benchmarks/bench_ganimation_learning.py --config LONG --out runs/gan_long --sheet sheet.png
 
