@@ -48,8 +48,13 @@ class TrainGANimationConfig:
     # edited, with independent shifts per image; 0 = off (the published setting). It stops the critic's
     # AU head from being read off exact pixel positions, which an editor can otherwise exploit with texture.
     critic_translate_px: int = 0
+    # Instance noise: N(0, std) added to every image the critic sees (real and edited, fresh per image),
+    # so neither its realness nor its AU head can key on pixel-exact texture; 0 = off (published).
+    critic_noise_std: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.critic_noise_std < 0:
+            raise ValueError(f"critic_noise_std must be >= 0, got {self.critic_noise_std}")
         if self.critic_translate_px < 0:
             raise ValueError(f"critic_translate_px must be >= 0, got {self.critic_translate_px}")
         if self.batch_size < 1 or self.critic_steps_per_generator_step < 1 or self.checkpoint_every_epochs < 1:
@@ -147,12 +152,14 @@ def critic_step(
     generator: Generator, critic: Critic, opt_d: torch.optim.Optimizer, real: torch.Tensor,
     source_aus: torch.Tensor, target_aus: torch.Tensor, alpha: torch.Tensor, weights: LossWeights,
     fake: torch.Tensor | None = None, shifts: tuple[torch.Tensor, torch.Tensor] | None = None, translate_px: int = 0,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One critic update: WGAN-GP on real vs edited images + AU regression on the real ones.
 
     fake: G(real, target_aus) if the caller already has it (it is detached here).
     shifts: (real shifts [B, 2], fake shifts [B, 2]) in [-translate_px, translate_px] when the critic sees
         translated images (see translate); the penalty is taken between the translated images.
+    noise: (real noise, fake noise), each like real, added after the translation (instance noise).
     """
     if fake is None:
         with torch.no_grad():
@@ -160,6 +167,8 @@ def critic_step(
     fake = fake.detach()
     if shifts is not None:
         real, fake = translate(real, shifts[0], translate_px), translate(fake, shifts[1], translate_px)
+    if noise is not None:
+        real, fake = real + noise[0].to(real.device), fake + noise[1].to(real.device)
     scores = critic(torch.cat([real, fake]))  # one pass over both; the critic has no batch-coupled layers
     batch = real.shape[0]
     penalty = gradient_penalty(lambda x: critic(x).realness, real, fake, alpha)
@@ -175,6 +184,7 @@ def generator_step(
     generator: Generator, critic: Critic, opt_g: torch.optim.Optimizer, real: torch.Tensor,
     source_aus: torch.Tensor, target_aus: torch.Tensor, weights: LossWeights,
     edited: GeneratorOutput | None = None, shifts: torch.Tensor | None = None, translate_px: int = 0,
+    noise: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One generator update: fool the critic, hit the target AUs, cycle back to the source.
 
@@ -185,6 +195,8 @@ def generator_step(
     try:
         edited = generator(real, target_aus) if edited is None else edited
         seen = edited.image if shifts is None else translate(edited.image, shifts, translate_px)
+        if noise is not None:
+            seen = seen + noise.to(seen.device)
         scores = critic(seen)
         cycled = generator(edited.image, source_aus)
         total, terms = generator_loss(scores.realness, scores.aus, target_aus, cycled.image, real,
@@ -261,6 +273,10 @@ def _train_epoch(dataset, aus_table, config, generator, critic, opt_g, opt_d, ep
         shifts = None
         if config.critic_translate_px:  # real, fake (critic step), edit (generator step)
             shifts = [random_shifts(len(index), config.critic_translate_px, rng) for _ in range(3)]
+        noise = None
+        if config.critic_noise_std:  # real, fake (critic step), edit (generator step)
+            size = config.model.image_size_px
+            noise = [torch.randn(len(index), 3, size, size, generator=rng) * config.critic_noise_std for _ in range(3)]
         real, source_aus = _load_batch(dataset, index, config.model)
         if config.horizontal_flip:
             real = torch.where(flip[:, None, None, None], real.flip(-1), real)
@@ -275,10 +291,12 @@ def _train_epoch(dataset, aus_table, config, generator, critic, opt_g, opt_d, ep
         px = config.critic_translate_px
         terms = critic_step(generator, critic, opt_d, real, source_aus, target_aus, alpha.to(device),
                             config.losses, fake=None if edited is None else edited.image,
-                            shifts=None if shifts is None else (shifts[0], shifts[1]), translate_px=px)
+                            shifts=None if shifts is None else (shifts[0], shifts[1]), translate_px=px,
+                            noise=None if noise is None else (noise[0], noise[1]))
         if edited is not None:
             terms.update(generator_step(generator, critic, opt_g, real, source_aus, target_aus, config.losses,
-                                        edited=edited, shifts=None if shifts is None else shifts[2], translate_px=px))
+                                        edited=edited, shifts=None if shifts is None else shifts[2], translate_px=px,
+                                        noise=None if noise is None else noise[2]))
         for k, v in terms.items():
             sums[k] += v
             counts[k] += 1

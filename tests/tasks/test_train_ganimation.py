@@ -106,8 +106,9 @@ def test_translate_shifts_each_image_by_its_own_offset_with_edge_fill():
     assert s.shape == (500, 2) and set(s.flatten().tolist()) == {-2, -1, 0, 1, 2}
 
 
-def test_critic_translation_is_seeded_and_changes_training(tmp_path):
-    augmented = dataclasses.replace(CONFIG, critic_translate_px=2)
+@pytest.mark.parametrize("augment", [{"critic_translate_px": 2}, {"critic_noise_std": 0.1}])
+def test_critic_augmentation_is_seeded_and_changes_training(tmp_path, augment):
+    augmented = dataclasses.replace(CONFIG, **augment)
     weights = {}
     for name, config in (("a", augmented), ("b", augmented), ("plain", CONFIG)):
         train_ganimation(_dataset(), config, tmp_path / name, epochs=1, seed=5)
@@ -116,6 +117,8 @@ def test_critic_translation_is_seeded_and_changes_training(tmp_path):
     assert not torch.equal(weights["a"]["critic.au_head.weight"], weights["plain"]["critic.au_head.weight"])
     with pytest.raises(ValueError, match="critic_translate_px"):
         TrainGANimationConfig(critic_translate_px=-1)
+    with pytest.raises(ValueError, match="critic_noise_std"):
+        TrainGANimationConfig(critic_noise_std=-0.1)
 
 
 def test_targets_come_from_other_samples_plus_bounded_noise():
