@@ -27,6 +27,9 @@ class LossWeights:
     cycle: float = 10.0
     attention: float = 0.1
     attention_tv: float = 1e-4
+    # Not in the paper (0 = off): L1 between the colour map C and the input, which keeps C in the
+    # input's colours where attention lets it through, against colour texture that fools the AU head.
+    colour_identity: float = 0.0
 
 
 def critic_wasserstein(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
@@ -105,8 +108,12 @@ def generator_loss(
     source: torch.Tensor,
     attentions: tuple[torch.Tensor, ...],
     weights: LossWeights,
+    colour: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total generator loss and its unweighted terms.
+
+    colour: the forward edit's colour map C; with weights.colour_identity > 0 the term mean |C - source|
+        is added (reported as g_colour).
 
     attentions: the masks whose L1 and TV are penalised; the official code penalises both the
         forward mask and the cycle's mask, summing their terms.
@@ -121,4 +128,9 @@ def generator_loss(
     total = (weights.adversarial * terms["g_adversarial"] + weights.au_regression * terms["g_au"]
              + weights.cycle * terms["g_cycle"] + weights.attention * terms["g_attention"]
              + weights.attention_tv * terms["g_tv"])
+    if weights.colour_identity:
+        if colour is None:
+            raise ValueError("colour_identity > 0 needs the colour map")
+        terms["g_colour"] = (colour - source).abs().mean()
+        total = total + weights.colour_identity * terms["g_colour"]
     return total, terms

@@ -200,7 +200,7 @@ def generator_step(
         scores = critic(seen)
         cycled = generator(edited.image, source_aus)
         total, terms = generator_loss(scores.realness, scores.aus, target_aus, cycled.image, real,
-                                      (edited.attention, cycled.attention), weights)
+                                      (edited.attention, cycled.attention), weights, colour=edited.colour)
         opt_g.zero_grad(set_to_none=True)
         total.backward()
         opt_g.step()

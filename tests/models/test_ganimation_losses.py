@@ -81,3 +81,16 @@ def test_total_generator_loss_weights_its_terms():
     # -2 + 2 * 1 + 3 * 0.5 + 0.5 * (0.5 + 1) + 0.25 * (1 + 0)
     assert total.item() == pytest.approx(-2 + 2 + 1.5 + 0.75 + 0.25)
     assert terms["g_attention"].item() == pytest.approx(1.5) and terms["g_tv"].item() == pytest.approx(1.0)
+
+
+def test_colour_identity_term_is_off_by_default_and_weighted_when_on():
+    inputs = dict(fake_scores=torch.tensor([2.0]), fake_aus_predicted=torch.tensor([[1.0]]),
+                  target_aus=torch.tensor([[0.0]]), reconstructed=torch.tensor([0.5]), source=torch.tensor([0.0, 1.0]),
+                  attentions=(torch.ones(1, 1, 1, 2),))
+    colour = torch.tensor([0.5, 0.0])  # |C - source| = 0.5, 1 -> mean 0.75
+    base, terms = generator_loss(**inputs, weights=LossWeights(), colour=colour)
+    assert "g_colour" not in terms
+    total, terms = generator_loss(**inputs, weights=LossWeights(colour_identity=2.0), colour=colour)
+    assert terms["g_colour"].item() == pytest.approx(0.75) and total.item() == pytest.approx(base.item() + 1.5)
+    with pytest.raises(ValueError, match="colour"):
+        generator_loss(**inputs, weights=LossWeights(colour_identity=2.0))
