@@ -139,7 +139,7 @@ def apply_edits(
         return out.image.float().cpu(), out.attention.float().mean(dim=(1, 2, 3)).cpu()
 
     outputs, attention, used = _batched(run, pixels.shape[0], batch_size, device, amp, amp_dtype)
-    result = _from_model_output(outputs) if as_uint8 else outputs
+    result = model_output_to_uint8(outputs) if as_uint8 else outputs
     return EditResult(result, attention.numpy().astype(np.float32), used)
 
 
@@ -235,7 +235,7 @@ def _to_model_input(images, size_px: int) -> tuple[torch.Tensor, bool]:
     return stacked / 127.5 - 1.0, True
 
 
-def _from_model_output(images: torch.Tensor) -> np.ndarray:
+def model_output_to_uint8(images: torch.Tensor) -> np.ndarray:
     """[N, 3, S, S] in [-1, 1] -> uint8 [N, S, S, 3]; the clamp only absorbs float rounding at the ends."""
     pixels = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).contiguous().numpy()
