@@ -151,24 +151,20 @@ def train_ganimation(
 def critic_step(
     generator: Generator, critic: Critic, opt_d: torch.optim.Optimizer, real: torch.Tensor,
     source_aus: torch.Tensor, target_aus: torch.Tensor, alpha: torch.Tensor, weights: LossWeights,
-    fake: torch.Tensor | None = None, shifts: tuple[torch.Tensor, torch.Tensor] | None = None, translate_px: int = 0,
-    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+    fake: torch.Tensor | None = None, views: CriticViews | None = None,
 ) -> dict[str, float]:
     """One critic update: WGAN-GP on real vs edited images + AU regression on the real ones.
 
     fake: G(real, target_aus) if the caller already has it (it is detached here).
-    shifts: (real shifts [B, 2], fake shifts [B, 2]) in [-translate_px, translate_px] when the critic sees
-        translated images (see translate); the penalty is taken between the translated images.
-    noise: (real noise, fake noise), each like real, added after the translation (instance noise).
+    views: the critic's augmentation of this step (real: view 0, fake: view 1); the penalty is taken
+        between the augmented images.
     """
     if fake is None:
         with torch.no_grad():
             fake = generator(real, target_aus).image
     fake = fake.detach()
-    if shifts is not None:
-        real, fake = translate(real, shifts[0], translate_px), translate(fake, shifts[1], translate_px)
-    if noise is not None:
-        real, fake = real + noise[0].to(real.device), fake + noise[1].to(real.device)
+    if views is not None:
+        real, fake = views.apply(real, 0), views.apply(fake, 1)
     scores = critic(torch.cat([real, fake]))  # one pass over both; the critic has no batch-coupled layers
     batch = real.shape[0]
     penalty = gradient_penalty(lambda x: critic(x).realness, real, fake, alpha)
@@ -183,21 +179,18 @@ def critic_step(
 def generator_step(
     generator: Generator, critic: Critic, opt_g: torch.optim.Optimizer, real: torch.Tensor,
     source_aus: torch.Tensor, target_aus: torch.Tensor, weights: LossWeights,
-    edited: GeneratorOutput | None = None, shifts: torch.Tensor | None = None, translate_px: int = 0,
-    noise: torch.Tensor | None = None,
+    edited: GeneratorOutput | None = None, views: CriticViews | None = None,
 ) -> dict[str, float]:
     """One generator update: fool the critic, hit the target AUs, cycle back to the source.
 
     edited: G(real, target_aus) with its autograd graph, if the caller already ran it.
-    shifts: [B, 2] translation of the edit as the critic sees it (the cycle uses the untranslated edit).
+    views: the critic's augmentation of this step; the critic sees the edit as view 2 (the cycle uses the
+        edit as it is).
     """
     critic.requires_grad_(False)  # gradients flow through the critic but its weights are not trained here
     try:
         edited = generator(real, target_aus) if edited is None else edited
-        seen = edited.image if shifts is None else translate(edited.image, shifts, translate_px)
-        if noise is not None:
-            seen = seen + noise.to(seen.device)
-        scores = critic(seen)
+        scores = critic(edited.image if views is None else views.apply(edited.image, 2))
         cycled = generator(edited.image, source_aus)
         total, terms = generator_loss(scores.realness, scores.aus, target_aus, cycled.image, real,
                                       (edited.attention, cycled.attention), weights, colour=edited.colour)
@@ -230,6 +223,34 @@ def translate(images: torch.Tensor, shifts: torch.Tensor, max_px: int) -> torch.
 def random_shifts(n: int, max_px: int, rng: torch.Generator) -> torch.Tensor:
     """[n, 2] integer shifts, uniform in [-max_px, max_px]."""
     return torch.randint(-max_px, max_px + 1, (n, 2), generator=rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class CriticViews:
+    """The critic's augmentation for one training step, drawn up front: per view (0 the real batch and 1
+    the edit in the critic step, 2 the edit in the generator step) a translation and/or instance noise."""
+
+    translate_px: int
+    shifts: list[torch.Tensor] | None  # 3 x [B, 2]
+    noise: list[torch.Tensor] | None   # 3 x [B, 3, S, S]
+
+    @classmethod
+    def draw(cls, config: TrainGANimationConfig, n: int, rng: torch.Generator) -> CriticViews | None:
+        """None when the config augments nothing (the published setting); draws nothing from rng then."""
+        px, std = config.critic_translate_px, config.critic_noise_std
+        if not px and not std:
+            return None
+        shifts = [random_shifts(n, px, rng) for _ in range(3)] if px else None
+        size = config.model.image_size_px
+        noise = [torch.randn(n, 3, size, size, generator=rng) * std for _ in range(3)] if std else None
+        return cls(px, shifts, noise)
+
+    def apply(self, images: torch.Tensor, view: int) -> torch.Tensor:
+        if self.shifts is not None:
+            images = translate(images, self.shifts[view], self.translate_px)
+        if self.noise is not None:
+            images = images + self.noise[view].to(images.device)
+        return images
 
 
 def sample_targets(
@@ -270,13 +291,7 @@ def _train_epoch(dataset, aus_table, config, generator, critic, opt_g, opt_d, ep
         flip = torch.rand(len(index), generator=rng) < 0.5
         target_aus, _ = sample_targets(aus_table, index, config.target_noise, rng)
         alpha = torch.rand(len(index), generator=rng)
-        shifts = None
-        if config.critic_translate_px:  # real, fake (critic step), edit (generator step)
-            shifts = [random_shifts(len(index), config.critic_translate_px, rng) for _ in range(3)]
-        noise = None
-        if config.critic_noise_std:  # real, fake (critic step), edit (generator step)
-            size = config.model.image_size_px
-            noise = [torch.randn(len(index), 3, size, size, generator=rng) * config.critic_noise_std for _ in range(3)]
+        views = CriticViews.draw(config, len(index), rng)
         real, source_aus = _load_batch(dataset, index, config.model)
         if config.horizontal_flip:
             real = torch.where(flip[:, None, None, None], real.flip(-1), real)
@@ -288,15 +303,11 @@ def _train_epoch(dataset, aus_table, config, generator, critic, opt_g, opt_d, ep
         # On a generator step the edit is run once, with its graph, and shared with the critic step
         # before it (the generator does not change in between).
         edited = generator(real, target_aus) if step % config.critic_steps_per_generator_step == 0 else None
-        px = config.critic_translate_px
         terms = critic_step(generator, critic, opt_d, real, source_aus, target_aus, alpha.to(device),
-                            config.losses, fake=None if edited is None else edited.image,
-                            shifts=None if shifts is None else (shifts[0], shifts[1]), translate_px=px,
-                            noise=None if noise is None else (noise[0], noise[1]))
+                            config.losses, fake=None if edited is None else edited.image, views=views)
         if edited is not None:
             terms.update(generator_step(generator, critic, opt_g, real, source_aus, target_aus, config.losses,
-                                        edited=edited, shifts=None if shifts is None else shifts[2], translate_px=px,
-                                        noise=None if noise is None else noise[2]))
+                                        edited=edited, views=views))
         for k, v in terms.items():
             sums[k] += v
             counts[k] += 1
