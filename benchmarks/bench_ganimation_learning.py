@@ -31,7 +31,7 @@ def main() -> None:
 
     def show(row: dict) -> None:
         print(f"epoch {row['epoch']:3d}  gen steps {row['generator_steps']:5d}  train {row['train_seconds']:6.0f} s  "
-              f"ratio {row['ratio']:.3f}  pixel ratio {row['pixel_ratio']:.3f}  attention {row['attention_mean']:.3f}  "
+              f"ratio {row['ratio']:.3f}  pixel ratio {row['pixel_ratio']:.3f} (tolerant {row['pixel_ratio_tolerant']:.3f})  attention {row['attention_mean']:.3f}  "
               f"outside {row['outside_diff']:.4f}  inside {row['inside_diff']:.4f}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="ganimation-bench-") as tmp:

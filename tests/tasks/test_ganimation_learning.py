@@ -20,6 +20,7 @@ from tasks.ganimation_bench import (
     evaluate_edits,
     format_report,
     run_benchmark,
+    tolerant_pixel_distance,
 )
 from tasks.oracle import OracleTrainConfig, train_oracle
 from tasks.synthetic import RenderConfig
@@ -117,6 +118,31 @@ def test_doing_nothing_scores_ratio_one_and_a_perfect_edit_scores_the_ceiling(ti
     smudged[eval_set.edit_masks] = noise[eval_set.edit_masks]
     smudge = evaluate_edits(_Replay(TINY.train.model, smudged), tiny_oracle, eval_set)
     assert smudge["pixel_ratio"] > 1.0
+    assert nothing["pixel_ratio_tolerant"] == pytest.approx(1.0) and perfect["pixel_ratio_tolerant"] == 0.0
+    assert smudge["pixel_ratio_tolerant"] > 1.0
+    # The perfect edit drawn one pixel off: the strict check calls it no better than no edit, the
+    # tolerant one calls it nearly perfect.
+    moved = np.roll(eval_set.perfect, 1, axis=2)
+    off = evaluate_edits(_Replay(TINY.train.model, moved), tiny_oracle, eval_set)
+    assert off["pixel_ratio"] > 0.5 and off["pixel_ratio_tolerant"] < 0.25
+
+
+def test_tolerant_pixel_distance_forgives_blur_and_one_pixel_but_not_more_or_texture():
+    rng = np.random.default_rng(0)
+    reference = np.zeros((2, 24, 24, 3), np.uint8)
+    reference[:, 8:16, 6:18] = 200                      # a bright bar, like a brow
+    inner = (slice(None), slice(3, -3), slice(3, -3))   # away from the replicated border
+    assert tolerant_pixel_distance(reference, reference).max() == 0.0
+    one_off = np.roll(reference, 1, axis=1)
+    assert tolerant_pixel_distance(one_off, reference)[inner].max() < 1e-6
+    assert tolerant_pixel_distance(one_off, reference, shift_px=0)[inner].max() > 0.1
+    three_off = np.roll(reference, 3, axis=1)
+    assert tolerant_pixel_distance(three_off, reference)[inner].max() > 0.1
+    noise = rng.integers(0, 256, reference.shape, dtype=np.uint8)
+    assert tolerant_pixel_distance(noise, reference).mean() > 0.1
+    # Without blur and shift it is the plain mean absolute difference.
+    plain = np.abs(noise.astype(np.float32) - reference.astype(np.float32)).mean(-1) / 255
+    np.testing.assert_allclose(tolerant_pixel_distance(noise, reference, blur_sigma_px=0, shift_px=0), plain, atol=1e-6)
 
 
 def test_tiny_benchmark_runs_end_to_end(tmp_path):
@@ -145,7 +171,7 @@ def test_emotion_sheet_shows_a_source_and_seven_edits_per_face(tiny_data):
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="open work: the edits reach oracle ratio ~0.54 in 11 CPU minutes but are colour "
                    "smudges that fool the oracle; in pixels they are further from the true re-render than no edit "
-                   "(pixel_ratio ~2.4). See README, Synthetic AU benchmark.")
+                   "(pixel_ratio ~2.4, tolerant ~2.9). See README, Synthetic AU benchmark.")
 def test_ganimation_learns_au_edits_on_held_out_identities(tmp_path):
     report = run_benchmark(LEARNING_TEST, tmp_path)
     print(format_report(report))
@@ -161,5 +187,7 @@ def test_ganimation_learns_au_edits_on_held_out_identities(tmp_path):
     assert final["outside_diff"] < 0.02
     assert final["outside_diff"] < 0.25 * final["inside_diff"]
     # ... and draw the expression: inside the edited regions the edit is closer to the true re-render of
-    # the target than the unedited input is (texture that only fools the oracle fails here).
-    assert final["pixel_ratio"] < 0.8
+    # the target than the unedited input is (texture that only fools the oracle fails here). The tolerant
+    # check forgives softness and one-pixel misplacement; calibrated on the perfect edit (README): half way
+    # scores 0.48, the perfect edit blurred (sigma 1 px) 0.59, a quarter of the way 0.73, noise 2.8.
+    assert final["pixel_ratio_tolerant"] < 0.6
