@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from manifests.schema import stable_hash
-from manifests.writer import atomic_write_text
+from manifests.atomic import atomic_write_text
 
 RUN_CONFIG = "run_config.json"
 

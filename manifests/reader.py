@@ -11,7 +11,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from manifests.schema import MANIFEST_SCHEMA, REJECTS_SCHEMA, sha256_bytes
-from manifests.shards import TMP_PREFIX, list_members
+from manifests.atomic import TMP_PREFIX
+from manifests.shards import list_members
 from manifests.writer import MANIFEST_DIR, REJECTS_DIR, REJECTS_FILE, SHARDS_DIR
 
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from manifests.atomic import atomic_open
 from manifests.schema import sha256_bytes
 
 # Fixed member metadata so the same samples always give the same shard bytes.
 _MEMBER_MTIME = 0
-TMP_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,6 @@ class MemberLocation:
     offset: int                 # byte offset of the PNG data inside the tar
     size: int                   # bytes of PNG data
     sha256: str
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -55,34 +47,24 @@ def write_shard(path: str | os.PathLike, samples: Iterable[ShardSample]) -> list
     The shard either exists whole or not at all: a crash leaves only a `.tmp-*` file behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     locations: list[MemberLocation] = []
     seen: set[str] = set()
-    try:
-        with open(tmp, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for sample in samples:
-                    if "." in sample.key or "/" in sample.key:
-                        raise ValueError(f"shard key {sample.key!r} must not contain '.' or '/'")
-                    if sample.key in seen:
-                        raise ValueError(f"duplicate key {sample.key!r} in shard {path.name}")
-                    seen.add(sample.key)
-                    info = _tarinfo(f"{sample.key}.png", len(sample.png))
-                    # Data starts right after this member's header block(s).
-                    data_offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
-                    tar.addfile(info, io.BytesIO(sample.png))
-                    locations.append(MemberLocation(sample.key, data_offset, info.size, sha256_bytes(sample.png)))
-                    if sample.meta is not None:
-                        blob = json.dumps(sample.meta, sort_keys=True, default=_json_default).encode()
-                        tar.addfile(_tarinfo(f"{sample.key}.json", len(blob)), io.BytesIO(blob))
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as raw:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in samples:
+                if "." in sample.key or "/" in sample.key:
+                    raise ValueError(f"shard key {sample.key!r} must not contain '.' or '/'")
+                if sample.key in seen:
+                    raise ValueError(f"duplicate key {sample.key!r} in shard {path.name}")
+                seen.add(sample.key)
+                info = _tarinfo(f"{sample.key}.png", len(sample.png))
+                # Data starts right after this member's header block(s).
+                data_offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
+                tar.addfile(info, io.BytesIO(sample.png))
+                locations.append(MemberLocation(sample.key, data_offset, info.size, sha256_bytes(sample.png)))
+                if sample.meta is not None:
+                    blob = json.dumps(sample.meta, sort_keys=True, default=_json_default).encode()
+                    tar.addfile(_tarinfo(f"{sample.key}.json", len(blob)), io.BytesIO(blob))
     return locations
 
 

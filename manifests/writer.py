@@ -20,7 +20,8 @@ from manifests.schema import (
     SPLITS,
     STAGES,
 )
-from manifests.shards import TMP_PREFIX, ShardSample, fsync_dir, write_shard
+from manifests.atomic import atomic_open
+from manifests.shards import ShardSample, write_shard
 
 MANIFEST_DIR = "manifest"
 SHARDS_DIR = "shards"
@@ -54,33 +55,9 @@ def unit_committed(out_root: str | os.PathLike, unit_id: str) -> bool:
 
 def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> Path:
     """Parquet written to a temp name, fsynced, then renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return path
+    with atomic_open(path) as f:
+        pq.write_table(table, f)
+    return Path(path)
 
 
 def validate_row(row: dict[str, Any]) -> None:

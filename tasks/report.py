@@ -9,11 +9,11 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from manifests.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from manifests.dataset import decode_png_rgb, encode_png_rgb
 from manifests.reader import read_manifest, read_rejects
 from manifests.schema import EMOTIONS
 from manifests.shards import read_member
-from manifests.writer import atomic_write_text
 
 REPORT_MD = "report.md"
 CONTACT_SHEET = "contact_sheet.png"
@@ -43,11 +43,7 @@ def contact_sheet(rows: Sequence[Sequence[Tile]], tile_px: int = 128, caption_px
 
 
 def write_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_bytes(encode_png_rgb(rgb))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(encode_png_rgb(rgb), path)
 
 
 def sample_tiles_per_label(out_root: str | os.PathLike, per_label: int = 6, stage: str = "original") -> list[list[Tile]]:
@@ -168,8 +164,9 @@ def label_histogram_png(out_root: str | os.PathLike, before: dict[int, int], nam
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out_root / name
-    tmp = path.with_name(f".tmp-{name}")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_open(path) as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from manifests.atomic import atomic_write_bytes, atomic_write_text
 from models.checkpoints import config_from_dict, config_to_dict, load_checkpoint
 from models.ganimation import Critic, GANimationConfig, Generator, GeneratorOutput, init_weights
 from models.ganimation_losses import LossWeights, critic_loss, generator_loss, gradient_penalty
@@ -367,10 +368,7 @@ def _write_grid(path: Path, generator: Generator, images: torch.Tensor, targets:
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels[..., ::-1]))  # cv2 wants BGR
     if not ok:
         raise RuntimeError(f"could not encode the sample grid {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(encoded.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(encoded.tobytes(), path)
 
 
 def _write_or_check_run_config(out_dir: Path, run_config: dict[str, Any]) -> None:
@@ -382,10 +380,7 @@ def _write_or_check_run_config(out_dir: Path, run_config: dict[str, Any]) -> Non
             raise ValueError(f"{path} holds a different training config; use a new out_dir\n"
                              f"existing: {existing}\nthis run: {run_config}")
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(run_config, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(json.dumps(run_config, indent=2, sort_keys=True), path)
 
 
 def _save(out_dir, epoch, step, history, run_config, generator, critic, opt_g, opt_d) -> Path:
