@@ -16,6 +16,7 @@ from models.checkpoints import checkpoint_id, config_from_dict, load_checkpoint,
 from models.ganimation import Critic, GANimationConfig, Generator
 from models.legacy import convert_checkpoint_file
 from tasks.errors import RejectError
+from tasks.tensors import tensor_to_uint8, uint8_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def apply_edits(
         return out.image.float().cpu(), out.attention.float().mean(dim=(1, 2, 3)).cpu()
 
     outputs, attention, used = _batched(run, pixels.shape[0], batch_size, device, amp, amp_dtype)
-    result = model_output_to_uint8(outputs) if as_uint8 else outputs
+    result = tensor_to_uint8(outputs) if as_uint8 else outputs
     return EditResult(result, attention.numpy().astype(np.float32), used)
 
 
@@ -231,11 +232,4 @@ def _to_model_input(images, size_px: int) -> tuple[torch.Tensor, bool]:
             raise RejectError(STAGE, "wrong_size", f"image {i}: expected uint8 [{size_px}, {size_px}, 3], got {got}")
     if not arrays:
         return torch.zeros(0, 3, size_px, size_px), True
-    stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # [N, 3, S, S]
-    return stacked / 127.5 - 1.0, True
-
-
-def model_output_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, 3, S, S] in [-1, 1] -> uint8 [N, S, S, 3]; the clamp only absorbs float rounding at the ends."""
-    pixels = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).contiguous().numpy()
+    return uint8_to_tensor(np.stack(arrays)), True

@@ -21,7 +21,7 @@ from models.au_oracle import AUOracle
 from models.ganimation import GANimationConfig, Generator
 from tasks.align import AlignConfig
 from tasks.au_data import ManifestAUDataset, manifest_id
-from tasks.ganimation import apply_edits, load_ganimation, model_output_to_uint8
+from tasks.ganimation import apply_edits, load_ganimation
 from tasks.ingest import IngestConfig, ingest_dataset
 from tasks.oracle import OracleTrainConfig, au_errors, small_oracle_config, train_oracle
 from tasks.prepare import AUConfig, plan_units, prepare_unit
@@ -35,6 +35,7 @@ from tasks.synthetic import (
     write_synthetic_dataset,
 )
 from tasks.targets import prototype_centre
+from tasks.tensors import tensor_to_uint8
 from tasks.train_ganimation import TrainGANimationConfig, latest_checkpoint, train_ganimation
 
 RENDERED_COLUMNS = np.array([AU_INDEX[a] for a in RENDERED_AUS])  # [11] positions in the 17-AU vector
@@ -212,7 +213,7 @@ def build_eval_set(data: BenchData, config: GANimationBenchConfig) -> EvalSet:
     """The first n_eval held-out faces (sorted by source id) and seeded random targets."""
     test = load_split(data, config.image_size_px, "test")
     n = min(config.n_eval, len(test))
-    images = model_output_to_uint8(test.images[:n])
+    images = tensor_to_uint8(test.images[:n])
     source_aus = test.aus[:n].double().numpy()
     rng = np.random.default_rng(int(stable_hash(["ganimation-bench-targets", config.seed], 15), 16))
     targets = np.stack([random_aus(rng) for _ in range(n)])
@@ -481,7 +482,7 @@ def write_emotion_sheet(out_dir: str | os.PathLike, config: GANimationBenchConfi
     faces = load_split(data, config.image_size_px, split)
     # One face per identity, evenly spread over the split, so the sheet shows different people.
     picks = np.linspace(0, len(faces) - 1, n_faces).round().astype(int)
-    images = model_output_to_uint8(faces.images[picks])
+    images = tensor_to_uint8(faces.images[picks])
     seeds = [data.identity_seed[faces.source_ids[i]] for i in picks]
     generator = load_ganimation(latest_checkpoint(out_dir / "ganimation")).generator
     sheet = emotion_sheet(generator, images, seeds, config.render, intensity)

@@ -15,6 +15,7 @@ from manifests.schema import AU_INDEX, N_AUS, stable_hash
 from models.au_oracle import CHECKPOINT_KIND, AUOracle, AUOracleConfig
 from models.checkpoints import config_from_dict, load_checkpoint, save_checkpoint
 from tasks.synthetic import RENDERED_AUS, Identity, RenderConfig, random_aus, random_identity, render_face
+from tasks.tensors import uint8_to_tensor
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"numpy images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
-        return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        return uint8_to_tensor(images)
     if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
         raise ValueError(f"tensor images must be float [N, 3, H, W] in [-1, 1], got {images.dtype} {tuple(images.shape)}")
     lo, hi = float(images.min()), float(images.max())

@@ -26,6 +26,7 @@ from models.singan import (
     train_bank,
 )
 from tasks.errors import RejectError
+from tasks.tensors import tensor_to_uint8, uint8_to_tensor
 
 STAGE = "singan"
 BANK_KIND = "singan_bank"
@@ -92,14 +93,7 @@ def images_to_tensor(images: Sequence[ImageLike], config: SinGANConfig) -> torch
         pyramid_sizes(size[0], size[1], config)
     except ValueError as e:
         raise RejectError(STAGE, "image_too_small", str(e)) from None
-    stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # [K, 3, H, W] 0..255
-    return stacked / 127.5 - 1
-
-
-def tensor_to_images(x: torch.Tensor) -> list[np.ndarray]:
-    """[M, 3, H, W] in [-1, 1] -> M uint8 RGB [H, W, 3] arrays (rounded; outputs are already in range)."""
-    u8 = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [a for a in u8.permute(0, 2, 3, 1).cpu().numpy()]
+    return uint8_to_tensor(np.stack(arrays))  # [K, 3, H, W]
 
 
 def train_singan_bank(
@@ -148,7 +142,7 @@ def regenerate_images(
     if image_rgb_uint8 is not None:
         image = images_to_tensor([image_rgb_uint8], bank.config)[0]
     out = regenerate(bank, member, image, start_scale, num_samples, [int(s) for s in seeds], noise_gain)
-    return tensor_to_images(out)
+    return list(tensor_to_uint8(out))
 
 
 def ssim_to_source(samples_rgb_uint8: Sequence[np.ndarray], source_rgb_uint8: np.ndarray) -> list[float]:

@@ -21,6 +21,7 @@ from models.checkpoints import config_from_dict, config_to_dict, load_checkpoint
 from models.ganimation import Critic, GANimationConfig, Generator, GeneratorOutput, init_weights
 from models.ganimation_losses import LossWeights, critic_loss, generator_loss, gradient_penalty
 from tasks.ganimation import CHECKPOINT_KIND, CRITIC_PREFIX, GENERATOR_PREFIX, TRAIN_STATE_PREFIX, save_ganimation
+from tasks.tensors import tensor_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +365,7 @@ def _write_grid(path: Path, generator: Generator, images: torch.Tensor, targets:
     attention = out.attention.expand(-1, 3, -1, -1) * 2 - 1  # shown as grey, same [-1, 1] scale
     columns = [images, attention.cpu(), out.colour.cpu(), out.image.cpu()]  # each [R, 3, S, S]
     grid = torch.cat([torch.cat(list(col), dim=1) for col in columns], dim=2)  # [3, R*S, 4*S]
-    pixels = ((grid.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    pixels = tensor_to_uint8(grid[None])[0]
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels[..., ::-1]))  # cv2 wants BGR
     if not ok:
         raise RuntimeError(f"could not encode the sample grid {path}")

@@ -12,6 +12,7 @@ from models.checkpoints import CheckpointError, save_checkpoint
 from models.metrics import diversity, patch_realism, rmse, ssim
 from models.singan import SinGANConfig, preset, regenerate
 from tasks.errors import RejectError
+from tasks.tensors import tensor_to_uint8
 from tasks.singan import (
     BANK_KIND,
     SinGANSampleConfig,
@@ -24,7 +25,6 @@ from tasks.singan import (
     sample_seeds,
     save_bank,
     ssim_to_source,
-    tensor_to_images,
     train_singan_bank,
 )
 
@@ -62,7 +62,7 @@ def test_images_round_trip_through_tensors_exactly():
     faces = _faces(3)
     x = images_to_tensor(faces, TEST_CONFIG)
     assert x.shape == (3, 3, 20, 20) and x.min() >= -1 and x.max() <= 1
-    back = tensor_to_images(x)
+    back = tensor_to_uint8(x)
     assert all(np.array_equal(a, b) for a, b in zip(back, faces))
 
 
