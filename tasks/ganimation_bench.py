@@ -273,15 +273,15 @@ def evaluate_edits(generator: Generator, oracle: AUOracle, eval_set: EvalSet, ba
     has_edit = inside.any(axis=(1, 2))
     # Pixel check that an oracle cannot be fooled on: inside the edited regions, how far the edit is from
     # the true re-render of the target, relative to how far the unedited input is from it.
-    to_perfect = np.abs(result.images.astype(np.float32) - eval_set.perfect.astype(np.float32)).mean(axis=-1) / 255.0
-    input_to_perfect = np.abs(eval_set.images.astype(np.float32) - eval_set.perfect.astype(np.float32)).mean(axis=-1) / 255.0
     n_inside = max(inside[has_edit].sum(), 1)
-    pixel_edit = float((to_perfect[has_edit] * inside[has_edit]).sum() / n_inside)
-    pixel_input = float((input_to_perfect[has_edit] * inside[has_edit]).sum() / n_inside)
-    tolerant_edit = float((tolerant_pixel_distance(result.images[has_edit], eval_set.perfect[has_edit])
-                           * inside[has_edit]).sum() / n_inside)
-    tolerant_input = float((tolerant_pixel_distance(eval_set.images[has_edit], eval_set.perfect[has_edit])
-                            * inside[has_edit]).sum() / n_inside)
+
+    def region_error(images: np.ndarray, blur_sigma_px: float, shift_px: int) -> float:
+        distance = tolerant_pixel_distance(images[has_edit], eval_set.perfect[has_edit], blur_sigma_px, shift_px)
+        return float((distance * inside[has_edit]).sum() / n_inside)
+
+    pixel_edit, pixel_input = region_error(result.images, 0.0, 0), region_error(eval_set.images, 0.0, 0)
+    tolerant_edit = region_error(result.images, TOLERANT_BLUR_SIGMA_PX, TOLERANT_SHIFT_PX)
+    tolerant_input = region_error(eval_set.images, TOLERANT_BLUR_SIGMA_PX, TOLERANT_SHIFT_PX)
     return {
         "edited_error": edited_error,
         "identity_error": identity_error,
