@@ -16,13 +16,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.ganimation import GeneratorOutput  # noqa: E402
 from tasks.ganimation_bench import (  # noqa: E402
     LEARNING_TEST,
+    ReplayEdits,
     build_benchmark_data,
     build_eval_set,
     evaluate_edits,
@@ -30,20 +29,6 @@ from tasks.ganimation_bench import (  # noqa: E402
 )
 from tasks.oracle import load_oracle, save_oracle, train_oracle  # noqa: E402
 from tasks.synthetic import random_identity, render_face  # noqa: E402
-from tasks.tensors import uint8_to_tensor  # noqa: E402
-
-
-class Replay(nn.Module):
-    """Serves fixed edited images in order, as a generator would."""
-
-    def __init__(self, config, outputs: np.ndarray):
-        super().__init__()
-        self.config, self.outputs, self.served = config, uint8_to_tensor(outputs), 0
-
-    def forward(self, images: torch.Tensor, aus: torch.Tensor) -> GeneratorOutput:
-        out = self.outputs[self.served:self.served + len(images)]
-        self.served += len(images)
-        return GeneratorOutput(out, (out == images).all(dim=1, keepdim=True).float(), torch.zeros_like(images))
 
 
 def main() -> None:
@@ -93,7 +78,7 @@ def main() -> None:
     print(f"{len(eval_set.targets)} held-out faces of {config.name}, random targets")
     print(f"{'constructed edit':38s} {'oracle ratio':>12s} {'pixel ratio':>12s} {'tolerant':>9s}")
     for name, images in cases.items():
-        r = evaluate_edits(Replay(config.train.model, images), oracle, eval_set)
+        r = evaluate_edits(ReplayEdits(config.train.model, images), oracle, eval_set)
         print(f"{name:38s} {r['ratio']:12.3f} {r['pixel_ratio']:12.3f} {r['pixel_ratio_tolerant']:9.3f}", flush=True)
 
 

@@ -18,7 +18,7 @@ import torch
 from manifests.reader import read_manifest
 from manifests.schema import AU_INDEX, AU_NAMES, EMOTIONS, N_AUS, stable_hash
 from models.au_oracle import AUOracle
-from models.ganimation import GANimationConfig, Generator
+from models.ganimation import GANimationConfig, Generator, GeneratorOutput
 from tasks.align import AlignConfig
 from tasks.au_data import ManifestAUDataset, manifest_id
 from tasks.ganimation import apply_edits, load_ganimation
@@ -35,7 +35,7 @@ from tasks.synthetic import (
     write_synthetic_dataset,
 )
 from tasks.targets import prototype_centre
-from tasks.tensors import tensor_to_uint8
+from tasks.tensors import tensor_to_uint8, uint8_to_tensor
 from tasks.train_ganimation import TrainGANimationConfig, latest_checkpoint, train_ganimation
 
 RENDERED_COLUMNS = np.array([AU_INDEX[a] for a in RENDERED_AUS])  # [11] positions in the 17-AU vector
@@ -224,6 +224,28 @@ def build_eval_set(data: BenchData, config: GANimationBenchConfig) -> EvalSet:
         edited = [a for a, i in zip(RENDERED_AUS, RENDERED_COLUMNS) if abs(target[i] - source[i]) > EDITED_AU_TOLERANCE]
         masks.append(au_mask(edited, identity, config.render))
     return EvalSet(images, source_aus, targets, np.stack(perfect), np.stack(masks))
+
+
+class ReplayEdits(torch.nn.Module):
+    """A stand-in generator that serves given edited images in order (None: returns its inputs).
+
+    Scores edits of known quality with evaluate_edits; attention is 1 where the output equals the input.
+    """
+
+    def __init__(self, config: GANimationConfig, outputs: np.ndarray | None):
+        super().__init__()
+        self.config = config
+        self.outputs = None if outputs is None else uint8_to_tensor(outputs)
+        self.served = 0
+
+    def forward(self, images: torch.Tensor, aus: torch.Tensor) -> GeneratorOutput:
+        if self.outputs is None:
+            out = images
+        else:
+            out = self.outputs[self.served:self.served + len(images)]
+            self.served += len(images)
+        attention = (out == images).all(dim=1, keepdim=True).float()  # [B, 1, S, S]
+        return GeneratorOutput(out, attention, torch.zeros_like(images))
 
 
 def tolerant_pixel_distance(images: np.ndarray, reference: np.ndarray, blur_sigma_px: float = TOLERANT_BLUR_SIGMA_PX,

@@ -5,15 +5,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from manifests.reader import read_manifest
 from models.au_oracle import AUOracleConfig
-from models.ganimation import GANimationConfig, GeneratorOutput
+from models.ganimation import GANimationConfig
 from tasks.ganimation_bench import (
     LEARNING_TEST,
     GANimationBenchConfig,
+    ReplayEdits,
     build_benchmark_data,
     build_eval_set,
     emotion_sheet,
@@ -45,25 +44,6 @@ TINY = GANimationBenchConfig(
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class _Replay(nn.Module):
-    """A stand-in generator that returns given images in order (attention = 1 where the output equals the input)."""
-
-    def __init__(self, config: GANimationConfig, outputs: np.ndarray | None):
-        super().__init__()
-        self.config = config
-        self.outputs = None if outputs is None else torch.from_numpy(outputs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        self.served = 0
-
-    def forward(self, images: torch.Tensor, aus: torch.Tensor) -> GeneratorOutput:
-        if self.outputs is None:
-            out = images
-        else:
-            out = self.outputs[self.served:self.served + len(images)]
-            self.served += len(images)
-        attention = (out == images).all(dim=1, keepdim=True).float()  # [B, 1, S, S]
-        return GeneratorOutput(out, attention, torch.zeros_like(images))
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +83,10 @@ def test_eval_set_is_seeded_and_its_masks_cover_what_the_target_changes(tiny_dat
 
 def test_doing_nothing_scores_ratio_one_and_a_perfect_edit_scores_the_ceiling(tiny_data, tiny_oracle):
     eval_set = build_eval_set(tiny_data, TINY)
-    nothing = evaluate_edits(_Replay(TINY.train.model, None), tiny_oracle, eval_set)
+    nothing = evaluate_edits(ReplayEdits(TINY.train.model, None), tiny_oracle, eval_set)
     assert nothing["ratio"] == pytest.approx(1.0)
     assert nothing["attention_mean"] == 1.0 and nothing["outside_diff"] == 0.0 and nothing["inside_diff"] == 0.0
-    perfect = evaluate_edits(_Replay(TINY.train.model, eval_set.perfect), tiny_oracle, eval_set)
+    perfect = evaluate_edits(ReplayEdits(TINY.train.model, eval_set.perfect), tiny_oracle, eval_set)
     assert perfect["ratio"] == pytest.approx(perfect["ceiling_ratio"])
     assert perfect["edited_error"] == pytest.approx(perfect["ceiling_error"])
     assert perfect["outside_diff"] == 0.0 and perfect["inside_diff"] > 0.0
@@ -116,14 +96,14 @@ def test_doing_nothing_scores_ratio_one_and_a_perfect_edit_scores_the_ceiling(ti
     smudged = eval_set.images.copy()
     noise = rng.integers(0, 256, smudged.shape, dtype=np.uint8)
     smudged[eval_set.edit_masks] = noise[eval_set.edit_masks]
-    smudge = evaluate_edits(_Replay(TINY.train.model, smudged), tiny_oracle, eval_set)
+    smudge = evaluate_edits(ReplayEdits(TINY.train.model, smudged), tiny_oracle, eval_set)
     assert smudge["pixel_ratio"] > 1.0
     assert nothing["pixel_ratio_tolerant"] == pytest.approx(1.0) and perfect["pixel_ratio_tolerant"] == 0.0
     assert smudge["pixel_ratio_tolerant"] > 1.0
     # The perfect edit drawn one pixel off: the strict check calls it no better than no edit, the
     # tolerant one calls it nearly perfect.
     moved = np.roll(eval_set.perfect, 1, axis=2)
-    off = evaluate_edits(_Replay(TINY.train.model, moved), tiny_oracle, eval_set)
+    off = evaluate_edits(ReplayEdits(TINY.train.model, moved), tiny_oracle, eval_set)
     assert off["pixel_ratio"] > 0.5 and off["pixel_ratio_tolerant"] < 0.25
 
 
@@ -162,9 +142,9 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path):
 
 def test_emotion_sheet_shows_a_source_and_seven_edits_per_face(tiny_data):
     eval_set = build_eval_set(tiny_data, TINY)
-    sheet = emotion_sheet(_Replay(TINY.train.model, None), eval_set.images[:2], None, TINY.render, tile_px=32)
+    sheet = emotion_sheet(ReplayEdits(TINY.train.model, None), eval_set.images[:2], None, TINY.render, tile_px=32)
     assert sheet.dtype == np.uint8 and sheet.shape[1] == 8 * 32
-    with_truth = emotion_sheet(_Replay(TINY.train.model, None), eval_set.images[:2], [1, 2], TINY.render, tile_px=32)
+    with_truth = emotion_sheet(ReplayEdits(TINY.train.model, None), eval_set.images[:2], [1, 2], TINY.render, tile_px=32)
     assert with_truth.shape[0] == 2 * sheet.shape[0]
 
 
