@@ -12,11 +12,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from manifests.atomic import atomic_write_bytes, atomic_write_text
+from manifests.dataset import encode_png_rgb
 from models.checkpoints import config_from_dict, config_to_dict, load_checkpoint
 from models.ganimation import Critic, GANimationConfig, Generator, GeneratorOutput, init_weights
 from models.ganimation_losses import LossWeights, critic_loss, generator_loss, gradient_penalty
@@ -358,18 +358,12 @@ def _grid_batch(dataset, aus_table: torch.Tensor, rows: int, model: GANimationCo
 
 
 def _write_grid(path: Path, generator: Generator, images: torch.Tensor, targets: torch.Tensor, device) -> None:
-    import cv2
-
     with torch.no_grad():
         out = generator(images.to(device), targets.to(device))
     attention = out.attention.expand(-1, 3, -1, -1) * 2 - 1  # shown as grey, same [-1, 1] scale
     columns = [images, attention.cpu(), out.colour.cpu(), out.image.cpu()]  # each [R, 3, S, S]
     grid = torch.cat([torch.cat(list(col), dim=1) for col in columns], dim=2)  # [3, R*S, 4*S]
-    pixels = tensor_to_uint8(grid[None])[0]
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels[..., ::-1]))  # cv2 wants BGR
-    if not ok:
-        raise RuntimeError(f"could not encode the sample grid {path}")
-    atomic_write_bytes(encoded.tobytes(), path)
+    atomic_write_bytes(encode_png_rgb(tensor_to_uint8(grid[None])[0]), path)
 
 
 def _write_or_check_run_config(out_dir: Path, run_config: dict[str, Any]) -> None:
