@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.ganimation_bench import CONFIGS, format_report, run_benchmark, write_emotion_sheet  # noqa: E402
+from benchmarks.ganimation_bench import CONFIGS, format_report, run_benchmark, write_emotion_sheet  # noqa: E402
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.ganimation_bench import (  # noqa: E402
+from benchmarks.ganimation_bench import (  # noqa: E402
     LEARNING_TEST,
     ReplayEdits,
     build_benchmark_data,
@@ -27,7 +27,7 @@ from tasks.ganimation_bench import (  # noqa: E402
     evaluate_edits,
     load_split,
 )
-from tasks.oracle import load_oracle, save_oracle, train_oracle  # noqa: E402
+from benchmarks.oracle import load_oracle, save_oracle, train_oracle  # noqa: E402
 from tasks.synthetic import random_identity, render_face  # noqa: E402
 
 

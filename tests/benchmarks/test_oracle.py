@@ -5,10 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from manifests.schema import AU_INDEX, N_AUS
-from models.au_oracle import AUOracle, AUOracleConfig
-from models.checkpoints import CheckpointError
-from tasks.oracle import (
+from benchmarks.au_oracle import AUOracle, AUOracleConfig
+from benchmarks.oracle import (
     OracleTrainConfig,
     au_error,
     au_errors,
@@ -22,6 +20,8 @@ from tasks.oracle import (
     small_oracle_config,
     train_oracle,
 )
+from manifests.schema import AU_INDEX, N_AUS
+from models.checkpoints import CheckpointError
 from tasks.synthetic import RENDERED_AUS, RenderConfig
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.au_oracle import CHECKPOINT_KIND, AUOracle, AUOracleConfig
 from manifests.schema import AU_INDEX, N_AUS, stable_hash
-from models.au_oracle import CHECKPOINT_KIND, AUOracle, AUOracleConfig
 from models.checkpoints import config_from_dict, load_checkpoint, save_checkpoint
 from tasks.synthetic import RENDERED_AUS, Identity, RenderConfig, random_aus, random_identity, render_face
 from tasks.tensors import uint8_to_tensor

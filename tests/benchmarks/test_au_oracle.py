@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.au_oracle import AUOracle, AUOracleConfig
+from benchmarks.au_oracle import AUOracle, AUOracleConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

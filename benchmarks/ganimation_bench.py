@@ -15,15 +15,15 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.au_oracle import AUOracle
+from benchmarks.oracle import OracleTrainConfig, au_errors, small_oracle_config, train_oracle
 from manifests.reader import read_manifest
 from manifests.schema import AU_INDEX, AU_NAMES, EMOTIONS, N_AUS, stable_hash
-from models.au_oracle import AUOracle
 from models.ganimation import GANimationConfig, Generator, GeneratorOutput
 from tasks.align import AlignConfig
 from tasks.au_data import ManifestAUDataset, manifest_id
 from tasks.ganimation import apply_edits, load_ganimation
 from tasks.ingest import IngestConfig, ingest_dataset
-from tasks.oracle import OracleTrainConfig, au_errors, small_oracle_config, train_oracle
 from tasks.prepare import AUConfig, plan_units, prepare_unit
 from tasks.synthetic import (
     RENDERED_AUS,

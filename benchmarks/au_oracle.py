@@ -6,12 +6,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tasks.synthetic import RENDERED_AUS
+
 CHECKPOINT_KIND = "au_oracle"
 
-# The synthetic renderer's AUs (tasks.synthetic.RENDERED_AUS); repeated here because models/ imports no tasks/.
-DEFAULT_AU_NAMES: tuple[str, ...] = (
-    "AU01", "AU02", "AU04", "AU05", "AU06", "AU09", "AU12", "AU15", "AU25", "AU26", "AU45",
-)
+DEFAULT_AU_NAMES: tuple[str, ...] = RENDERED_AUS  # the synthetic renderer's AUs
 
 
 @dataclass(frozen=True)

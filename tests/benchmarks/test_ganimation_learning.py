@@ -6,10 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from manifests.reader import read_manifest
-from models.au_oracle import AUOracleConfig
-from models.ganimation import GANimationConfig
-from tasks.ganimation_bench import (
+from benchmarks.au_oracle import AUOracleConfig
+from benchmarks.ganimation_bench import (
     LEARNING_TEST,
     GANimationBenchConfig,
     ReplayEdits,
@@ -21,7 +19,9 @@ from tasks.ganimation_bench import (
     run_benchmark,
     tolerant_pixel_distance,
 )
-from tasks.oracle import OracleTrainConfig, train_oracle
+from benchmarks.oracle import OracleTrainConfig, train_oracle
+from manifests.reader import read_manifest
+from models.ganimation import GANimationConfig
 from tasks.synthetic import RenderConfig
 from tasks.train_ganimation import TrainGANimationConfig
 
@@ -151,7 +151,7 @@ def test_emotion_sheet_shows_a_source_and_seven_edits_per_face(tiny_data):
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="open work: the edits reach oracle ratio 0.50-0.54 but are colour smudges "
                    "that fool the oracle; in pixels they are further from the true re-render than no edit "
-                   "(pixel_ratio 2.4-2.7, tolerant 4.1). See README, Synthetic AU benchmark.")
+                   "(pixel_ratio 2.4-2.7, tolerant 4.1). See docs/ganimation-experiments.md.")
 def test_ganimation_learns_au_edits_on_held_out_identities(tmp_path):
     report = run_benchmark(LEARNING_TEST, tmp_path)
     print(format_report(report))
@@ -168,6 +168,6 @@ def test_ganimation_learns_au_edits_on_held_out_identities(tmp_path):
     assert final["outside_diff"] < 0.25 * final["inside_diff"]
     # ... and draw the expression: inside the edited regions the edit is closer to the true re-render of
     # the target than the unedited input is (texture that only fools the oracle fails here). The tolerant
-    # check forgives softness and one-pixel misplacement; calibrated on the perfect edit (README): half way
-    # scores 0.48, the perfect edit blurred (sigma 1 px) 0.59, a quarter of the way 0.73, noise 2.8.
+    # check forgives softness and one-pixel misplacement; calibrated on the perfect edit
+    # (docs/ganimation-experiments.md): half way scores 0.48, the perfect edit blurred (sigma 1 px) 0.59, a quarter of the way 0.73, noise 2.8.
     assert final["pixel_ratio_tolerant"] < 0.6
