@@ -1,0 +1,327 @@
+"""The landmark-driven AU editor: move the 68 points the way the target AUs move them and warp the crop to match."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from scipy.spatial import Delaunay
+
+from models.au_shape import INNER_LIPS, N_LANDMARKS, ORDERED_PAIRS, OUTER_LIPS, AUShapeModel, face_frame
+from tasks.errors import RejectError
+
+STAGE = "warp"
+
+# Anchors every this many px along the crop border hold the frame in place (zero displacement).
+_BORDER_ANCHOR_STEP_FRACTION = 1.0 / 8.0
+# Target points closer than this (px) to a point kept earlier are left out of the triangulation (a lip corner on
+# top of the other); lids and lips that meet are kept this far apart instead, so each side keeps its own skin.
+_MIN_VERTEX_GAP_PX = 0.3
+# Displacements below this (px) are set to exactly zero, so pixels away from the moved features keep their
+# exact values (bilinear sampling at integer positions returns the pixel itself).
+_ZERO_DISPLACEMENT_PX = 0.02
+
+
+@dataclass(frozen=True)
+class WarpConfig:
+    """How the dense warp is built.
+
+    smooth_iod:     Gaussian sigma, in inter-ocular distances, that softens the creases of the piecewise-affine
+                    warp along triangle edges (0 = none); kept only where the smoothed warp still does not fold.
+    min_jacobian:   every triangle's area ratio (source / target) must stay above this outside the newly opened
+                    mouth (positive = no fold); otherwise the edit is scaled back until it does.
+    fraction_steps: bisection steps when scaling back (the achieved fraction is recorded).
+    min_fraction:   below this achieved fraction the edit is rejected (warp_folds) rather than kept.
+    fill_mouth:     paint the newly exposed mouth interior (dark, shaded toward the corners, upper teeth)
+                    instead of stretching lip skin into it.
+    """
+
+    smooth_iod: float = 0.04
+    min_jacobian: float = 0.05
+    fraction_steps: int = 6
+    min_fraction: float = 0.5
+    fill_mouth: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.smooth_iod <= 0.5:
+            raise ValueError(f"smooth_iod must be in [0, 0.5], got {self.smooth_iod}")
+        if not 0.0 < self.min_jacobian < 1.0:
+            raise ValueError(f"min_jacobian must be in (0, 1), got {self.min_jacobian}")
+        if self.fraction_steps < 0:
+            raise ValueError(f"fraction_steps must be >= 0, got {self.fraction_steps}")
+        if not 0.0 <= self.min_fraction <= 1.0:
+            raise ValueError(f"min_fraction must be in [0, 1], got {self.min_fraction}")
+
+
+@dataclass
+class WarpResult:
+    image: np.ndarray        # uint8 [S, S, 3]
+    landmarks: np.ndarray    # float32 [68, 2]: where the points are in the edited image
+    fraction: float          # share of the planned landmark motion achieved (1 = all of it)
+    min_jacobian: float      # smallest det(Jacobian) of the warp outside the filled mouth (> 0: no fold)
+    mouth_filled_px: float   # area painted as mouth interior (px)
+
+
+def border_anchors(size_px: int, outside_px: float = 0.0) -> np.ndarray:
+    """Points on a square ring [K, 2] that the warp keeps fixed: the crop border, pushed outside_px beyond it (room
+    for a point that moves out of the frame, e.g. a dropped chin in a tight crop)."""
+    step = max(1.0, size_px * _BORDER_ANCHOR_STEP_FRACTION)
+    lo, hi = -0.5 - outside_px, size_px - 0.5 + outside_px   # pixel-centre coordinates: the crop spans -0.5 .. S - 0.5
+    ticks = np.unique(np.append(np.arange(lo, hi, step), hi))
+    ring = [(t, lo) for t in ticks] + [(t, hi) for t in ticks] + [(lo, t) for t in ticks] + [(hi, t) for t in ticks]
+    ring += [(lo, lo), (hi, lo), (lo, hi), (hi, hi)]
+    return np.unique(np.asarray(ring, np.float64), axis=0)
+
+
+def _separate_met_pairs(points: np.ndarray) -> np.ndarray:
+    """Lids / lips that meet in the target are kept _MIN_VERTEX_GAP_PX apart (upper above), so the triangulation
+    keeps an (empty) seam between them and each side warps its own skin."""
+    out = points.copy()
+    for upper, lower in ORDERED_PAIRS:
+        gap = out[lower, 1] - out[upper, 1]
+        if gap < _MIN_VERTEX_GAP_PX:
+            mid = 0.5 * (out[upper, 1] + out[lower, 1])
+            out[upper, 1], out[lower, 1] = mid - 0.5 * _MIN_VERTEX_GAP_PX, mid + 0.5 * _MIN_VERTEX_GAP_PX
+    return out
+
+
+@dataclass
+class _Mesh:
+    """A triangulation of the target points with the source position of every vertex."""
+
+    tri: Delaunay
+    src: np.ndarray          # [V, 2] where each vertex comes from
+    dst: np.ndarray          # [V, 2] where each vertex goes
+    hidden: np.ndarray       # [T] bool: triangles of the mouth interior (filled, not checked for folds)
+    area_ratio: np.ndarray   # [T] signed source area / target area (the affine map's Jacobian determinant)
+
+
+def _mesh(src: np.ndarray, dst: np.ndarray, size_px: int) -> _Mesh:
+    beyond = max(0.0, float(-np.min(dst) - 0.5), float(np.max(dst) - (size_px - 0.5)))
+    anchors = border_anchors(size_px, outside_px=2.0 + 2.0 * beyond if beyond > 0 else 0.0)
+    dst = _separate_met_pairs(dst)
+    # Points that land on top of an earlier one (closer than the gap) carry no extra information: leave them out.
+    close = np.hypot(*(dst[:, None, :] - dst[None, :, :]).transpose(2, 0, 1)) < _MIN_VERTEX_GAP_PX * 0.5
+    keep = [i for i in range(len(dst)) if not close[i, :i].any()]
+    vertices_dst = np.concatenate([dst[keep], anchors])
+    vertices_src = np.concatenate([src[keep], anchors])
+    tri = Delaunay(vertices_dst)
+    simplices = tri.simplices
+    inner = np.zeros(len(vertices_dst), bool)
+    inner[[k for k, i in enumerate(keep) if i in INNER_LIPS]] = True
+    hidden = inner[simplices].all(axis=1)
+
+    def signed_area(v: np.ndarray) -> np.ndarray:
+        a, b, c = v[simplices[:, 0]], v[simplices[:, 1]], v[simplices[:, 2]]
+        return 0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+
+    area_dst = signed_area(vertices_dst)
+    area_src = signed_area(vertices_src)
+    ratio = np.where(np.abs(area_dst) > 1e-12, area_src / np.where(np.abs(area_dst) > 1e-12, area_dst, 1.0), 1.0)
+    return _Mesh(tri, vertices_src, vertices_dst, hidden, ratio)
+
+
+def _worst_ratio(mesh: _Mesh) -> float:
+    """Smallest source/target area ratio over the triangles that are checked (> 0 everywhere: no fold).
+    Slivers thinner than half a pixel in the target (the seam kept between lips or lids that meet) are not
+    judged: they hold at most a row of pixel centres, sampled from the seam itself."""
+    a = mesh.tri.points[mesh.tri.simplices]                                   # [T, 3, 2]
+    area = 0.5 * np.abs((a[:, 1, 0] - a[:, 0, 0]) * (a[:, 2, 1] - a[:, 0, 1]) - (a[:, 1, 1] - a[:, 0, 1]) * (a[:, 2, 0] - a[:, 0, 0]))
+    edges = a - np.roll(a, 1, axis=1)                                         # [T, 3, 2]
+    longest = np.hypot(edges[..., 0], edges[..., 1]).max(axis=1)             # [T]
+    judged = ~mesh.hidden & (2.0 * area / np.maximum(longest, 1e-9) > 0.5)
+    return float(mesh.area_ratio[judged].min()) if judged.any() else 1.0
+
+
+def _mesh_field(mesh: _Mesh, size_px: int) -> np.ndarray:
+    """The piecewise-affine backward displacement u [S, S, 2]: output pixel x samples the input at x + u(x).
+
+    Each triangle with a moving corner is rasterised (its index into a label image) and its affine map applied to
+    its pixels; pixels of still triangles keep u = 0 exactly."""
+    simplices = mesh.tri.simplices
+    moving = np.hypot(*(mesh.src - mesh.dst).T) > 1e-9
+    active = np.flatnonzero(moving[simplices].any(axis=1))
+    field = np.zeros((size_px, size_px, 2), np.float64)
+    if active.size == 0:
+        return field
+    labels = np.full((size_px, size_px), -1, np.int32)
+    shift = 4
+    for k in active:
+        corners = np.round(mesh.dst[simplices[k]] * (1 << shift)).astype(np.int32)
+        cv2.fillConvexPoly(labels, corners, int(k), lineType=cv2.LINE_8, shift=shift)
+    # Affine map of each active triangle, target -> source: [x_s, y_s] = M @ [x, y, 1], M = S inv(D).
+    corners_dst = np.concatenate([mesh.dst[simplices[active]], np.ones((active.size, 3, 1))], axis=2)  # [A, 3, 3]
+    corners_src = mesh.src[simplices[active]]                                                           # [A, 3, 2]
+    maps = np.zeros((len(simplices), 2, 3))
+    maps[active] = np.einsum("akd,akj->adj", corners_src, np.linalg.pinv(corners_dst).transpose(0, 2, 1))
+    ys, xs = np.nonzero(labels >= 0)
+    m = maps[labels[ys, xs]]                                                   # [P, 2, 3]
+    source = m[:, :, 0] * xs[:, None] + m[:, :, 1] * ys[:, None] + m[:, :, 2]
+    field[ys, xs] = source - np.stack([xs, ys], axis=1)
+    return field
+
+
+def jacobian_det(field: np.ndarray) -> np.ndarray:
+    """det of d(x + u(x))/dx on the pixel grid [S, S] (central differences)."""
+    dux_dy, dux_dx = np.gradient(field[..., 0])
+    duy_dy, duy_dx = np.gradient(field[..., 1])
+    return (1.0 + dux_dx) * (1.0 + duy_dy) - dux_dy * duy_dx
+
+
+def polygon_mask(points: np.ndarray, size_px: int) -> np.ndarray:
+    """Anti-aliased filled polygon [S, S] float in 0..1 (sub-pixel vertices)."""
+    mask = np.zeros((size_px, size_px), np.uint8)
+    shift = 4
+    pts = np.round(np.asarray(points, np.float64) * (1 << shift)).astype(np.int32)
+    cv2.fillPoly(mask, [pts], 255, lineType=cv2.LINE_AA, shift=shift)
+    return mask.astype(np.float32) / 255.0
+
+
+def _sample(image: np.ndarray, field: np.ndarray) -> np.ndarray:
+    size = image.shape[0]
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    still = np.hypot(field[..., 0], field[..., 1]) < _ZERO_DISPLACEMENT_PX
+    map_x = np.where(still, xs, xs + field[..., 0].astype(np.float32))
+    map_y = np.where(still, ys, ys + field[..., 1].astype(np.float32))
+    return cv2.remap(image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Colours [S, S, 3] for a newly opened mouth: a dark cavity from the lips' own colour, darker toward the
+    corners, with a band of upper teeth under the upper lip when the opening is tall enough."""
+    size = image.shape[0]
+    lips = polygon_mask(src[list(OUTER_LIPS)], size) * (1.0 - polygon_mask(src[list(INNER_LIPS)], size))
+    weight = lips.sum()
+    lip_colour = (image.reshape(-1, 3).astype(np.float64) * lips.reshape(-1, 1)).sum(0) / weight if weight > 1 else \
+        np.median(image.reshape(-1, 3), axis=0).astype(np.float64)
+    gray = bool(np.all(image[..., 0] == image[..., 1]) and np.all(image[..., 1] == image[..., 2]))
+    brightness = float(np.clip(lip_colour.mean() / 140.0, 0.45, 1.2))
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    left, right = dst[60], dst[64]
+    centre_x, half_width = 0.5 * (left[0] + right[0]), max(1.0, 0.5 * abs(right[0] - left[0]))
+    across = np.clip(np.abs(xs - centre_x) / half_width, 0.0, 1.0)
+    shade = 1.0 - 0.55 * across ** 2                                          # darker toward the corners
+    cavity = lip_colour * 0.28
+    colours = cavity[None, None, :] * shade[..., None]
+    # Upper teeth: below the upper inner lip (60..64), as tall as 40 % of the opening (at most 0.1 IOD).
+    upper = dst[[60, 61, 62, 63, 64]]
+    lower = dst[[64, 65, 66, 67, 60]]
+    order = np.argsort(upper[:, 0])
+    upper_y = np.interp(xs, upper[order, 0], upper[order, 1])
+    order = np.argsort(lower[:, 0])
+    lower_y = np.interp(xs, lower[order, 0], lower[order, 1])
+    opening = np.maximum(lower_y - upper_y, 0.0)
+    iod = face_frame(dst).iod_px
+    tooth_height = np.minimum(0.4 * opening, 0.1 * iod) * (1.0 - across ** 4)
+    below_lip = ys - upper_y
+    teeth = np.clip(np.minimum(below_lip + 0.5, tooth_height - below_lip + 0.5), 0.0, 1.0) * (opening > 0.12 * iod)
+    tooth_colour = np.array([228.0, 222.0, 205.0]) if not gray else np.full(3, 222.0)
+    tooth_colour = tooth_colour * brightness
+    teeth_colours = tooth_colour[None, None, :] * (1.0 - 0.45 * across[..., None] ** 2)
+    colours = colours * (1.0 - teeth[..., None]) + teeth_colours * teeth[..., None]
+    if gray:
+        colours = np.repeat(colours.mean(-1, keepdims=True), 3, axis=-1)
+    return np.where(region[..., None] > 0, colours, 0.0)
+
+
+def warp_to_landmarks(image: np.ndarray, src: np.ndarray, dst: np.ndarray, config: WarpConfig = WarpConfig()) -> WarpResult:
+    """Warp an aligned crop so its 68 points move from src to dst [68, 2]; scale the motion back if it would fold.
+
+    Piecewise-affine over a Delaunay triangulation of the moved points and the crop border: pixels in triangles
+    whose corners do not move keep their exact values. No triangle may flip or collapse (source/target area ratio
+    > min_jacobian) except inside the newly opened mouth, which is painted as mouth interior.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
+        raise ValueError(f"image must be a square uint8 RGB crop, got {image.dtype} {image.shape}")
+    size = image.shape[0]
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    best = None
+    fraction, low, high = 1.0, 0.0, 1.0
+    for _ in range(config.fraction_steps + 1):
+        goal = src + fraction * (dst - src)
+        mesh = _mesh(src, goal, size)
+        worst = _worst_ratio(mesh)
+        if worst > config.min_jacobian:
+            best = (fraction, goal, mesh, worst)
+            low = fraction
+            if fraction == 1.0:
+                break
+        else:
+            high = fraction
+        fraction = 0.5 * (low + high)
+    if best is None or best[0] < config.min_fraction:
+        achieved = 0.0 if best is None else best[0]
+        raise RejectError(STAGE, "warp_folds",
+                          f"the landmark motion folds the image even when scaled back to {achieved:.2f} of it")
+    fraction, goal, mesh, worst = best
+    field = _mesh_field(mesh, size)
+    opened = polygon_mask(goal[list(INNER_LIPS)], size) if config.fill_mouth else np.zeros((size, size), np.float32)
+    if config.smooth_iod > 0:
+        sigma = config.smooth_iod * face_frame(src).iod_px
+        smoothed = np.stack([cv2.GaussianBlur(field[..., k], (0, 0), sigma) for k in range(2)], axis=-1)
+        det = jacobian_det(smoothed)
+        if float(det[opened < 0.01].min(initial=1.0)) > config.min_jacobian:
+            field = smoothed
+    out = _sample(image, field)
+    filled = 0.0
+    if config.fill_mouth and opened.sum() > 0:
+        already_open = _sample((polygon_mask(src[list(INNER_LIPS)], size) * 255).astype(np.uint8)[..., None].repeat(3, -1),
+                               field)[..., 0].astype(np.float32) / 255.0
+        fill = np.clip(opened - already_open, 0.0, 1.0)
+        if fill.sum() > 0:
+            colours = _mouth_interior(image, src, goal, fill)
+            blended = out.astype(np.float64) * (1.0 - fill[..., None]) + colours * fill[..., None]
+            out = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+            filled = float(fill.sum())
+    return WarpResult(image=out, landmarks=goal.astype(np.float32), fraction=float(fraction),
+                      min_jacobian=worst, mouth_filled_px=filled)
+
+
+def check_au_vector(values, name: str) -> np.ndarray:
+    """17 finite AU intensities in 0..1, or RejectError bad_au_target / bad_au_source."""
+    array = np.asarray(values, np.float64) if values is not None else None
+    reason = "bad_au_target" if name == "target" else "bad_au_source"
+    if array is None or array.shape != (17,):
+        raise RejectError(STAGE, reason, f"AU {name} must be 17 values, got {None if array is None else array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise RejectError(STAGE, reason, f"AU {name} has NaN or infinite values: {array.round(3).tolist()}")
+    if array.min() < 0.0 or array.max() > 1.0:
+        raise RejectError(STAGE, reason, f"AU {name} outside 0..1 (OpenFace 0..5 / 5): {array.round(3).tolist()}")
+    return array
+
+
+class WarpEditor:
+    """Edits aligned faces toward AU targets by moving their landmarks (AU shape model) and warping the pixels."""
+
+    def __init__(self, shape_model: AUShapeModel, config: WarpConfig = WarpConfig()):
+        self.shape_model = shape_model
+        self.config = config
+
+    @property
+    def version(self) -> str:
+        return f"warp:{self.shape_model.version}"
+
+    def edit(self, image: np.ndarray, landmarks: np.ndarray, au_source, au_target) -> WarpResult:
+        """One edit; RejectError for bad AU vectors, bad landmarks or a warp that would fold."""
+        target = check_au_vector(au_target, "target")
+        source = np.zeros(17) if au_source is None else check_au_vector(au_source, "source")
+        points = np.asarray(landmarks, np.float64)
+        if points.shape != (N_LANDMARKS, 2) or not np.all(np.isfinite(points)):
+            raise RejectError(STAGE, "landmarks_missing", f"need 68 finite landmarks, got {points.shape}")
+        try:
+            goal = self.shape_model.target_landmarks(points, source, target)
+        except ValueError as err:
+            raise RejectError(STAGE, "landmarks_degenerate", str(err)) from err
+        return warp_to_landmarks(image, points, goal, self.config)
+
+    def edit_batch(self, images, landmarks, au_sources, au_targets) -> list[WarpResult | RejectError]:
+        """Edits in order; a bad one becomes its RejectError in the list and the others go on."""
+        results: list[WarpResult | RejectError] = []
+        for image, points, source, target in zip(images, landmarks, au_sources, au_targets, strict=True):
+            try:
+                results.append(self.edit(image, points, source, target))
+            except RejectError as err:
+                results.append(err)
+        return results
