@@ -200,7 +200,8 @@ class AUShapeModel:
         frame = face_frame(landmarks)
         before = frame.to_face(landmarks)
         moved = keep_order(before + self.displacement(au_target) - self.displacement(au_source), before)
-        return (frame.origin + frame.vectors_to_px(moved)).astype(np.float32)
+        # Add the motion to the given points, so points that do not move keep their exact coordinates.
+        return (np.asarray(landmarks, np.float64) + frame.vectors_to_px(moved - before)).astype(np.float32)
 
     @property
     def version(self) -> str:
@@ -224,14 +225,31 @@ class AUShapeModel:
         return json.dumps(self.to_json(), sort_keys=True)
 
 
+# Each eye: (outer corner, inner corner, (upper, lower) lid pairs).
+EYE_LIDS: tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...] = (
+    (36, 39, ((37, 41), (38, 40))),
+    (45, 42, ((44, 46), (43, 47))),
+)
+_SEAM = 0.005   # face units: a closed eye's lid line sits this far above the line through its corners
+
+
 def keep_order(points_face: np.ndarray, before: np.ndarray) -> np.ndarray:
     """Clamp [68, 2] face-frame points so the edit makes no ORDERED_PAIRS pair cross: the upper point stays at or
     above the lower one (they may meet: a closed eye, closed lips); where they would cross, both go to their mean
-    height. Pairs already crossed in `before` (detector noise on a half-hidden lip) are left as the edit put them."""
+    height, and for a lid pair no lower than just above the line through the eye's corners (a closed eye's lid
+    line joins its corners; the lids never fold past them). Pairs already crossed in `before` (detector noise on a
+    half-hidden lip) are left as the edit put them."""
     out = np.array(points_face, np.float64, copy=True)
+    corner_line = {}
+    for outer, inner, pairs in EYE_LIDS:
+        for upper, _ in pairs:
+            t = (out[upper, 0] - out[outer, 0]) / (out[inner, 0] - out[outer, 0] or 1e-9)
+            corner_line[upper] = out[outer, 1] + t * (out[inner, 1] - out[outer, 1]) - _SEAM
     for upper, lower in ORDERED_PAIRS:
         if before[upper, 1] <= before[lower, 1] and out[upper, 1] > out[lower, 1]:
             mid = 0.5 * (out[upper, 1] + out[lower, 1])
+            if upper in corner_line:
+                mid = min(mid, corner_line[upper])
             out[upper, 1] = out[lower, 1] = mid
     return out
 

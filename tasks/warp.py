@@ -169,6 +169,11 @@ def jacobian_det(field: np.ndarray) -> np.ndarray:
     return (1.0 + dux_dx) * (1.0 + duy_dy) - dux_dy * duy_dx
 
 
+def _polygon_area(points: np.ndarray) -> float:
+    x, y = np.asarray(points, np.float64).T
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
 def polygon_mask(points: np.ndarray, size_px: int) -> np.ndarray:
     """Anti-aliased filled polygon [S, S] float in 0..1 (sub-pixel vertices)."""
     mask = np.zeros((size_px, size_px), np.uint8)
@@ -225,23 +230,31 @@ def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region:
     return np.where(region[..., None] > 0, colours, 0.0)
 
 
-def warp_to_landmarks(image: np.ndarray, src: np.ndarray, dst: np.ndarray, config: WarpConfig = WarpConfig()) -> WarpResult:
-    """Warp an aligned crop so its 68 points move from src to dst [68, 2]; scale the motion back if it would fold.
+@dataclass
+class WarpPlan:
+    """The dense warp for one edit, before any pixel is touched."""
+
+    fraction: float          # share of the planned motion kept (1 = all)
+    landmarks: np.ndarray    # [68, 2] where the points go
+    field: np.ndarray        # [S, S, 2] backward displacement: output pixel x samples the input at x + field[x]
+    opened: np.ndarray       # [S, S] 0..1: the target mouth interior (painted, exempt from the fold check)
+    min_jacobian: float      # smallest triangle area ratio outside the mouth interior (> 0: no fold)
+
+
+def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig = WarpConfig()) -> WarpPlan:
+    """The fold-free warp moving the 68 points src -> dst [68, 2], scaled back (bisection) if the full motion folds.
 
     Piecewise-affine over a Delaunay triangulation of the moved points and the crop border: pixels in triangles
     whose corners do not move keep their exact values. No triangle may flip or collapse (source/target area ratio
-    > min_jacobian) except inside the newly opened mouth, which is painted as mouth interior.
+    > min_jacobian) except inside the newly opened mouth. RejectError warp_folds below config.min_fraction.
     """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
-        raise ValueError(f"image must be a square uint8 RGB crop, got {image.dtype} {image.shape}")
-    size = image.shape[0]
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
     best = None
     fraction, low, high = 1.0, 0.0, 1.0
     for _ in range(config.fraction_steps + 1):
         goal = src + fraction * (dst - src)
-        mesh = _mesh(src, goal, size)
+        mesh = _mesh(src, goal, size_px)
         worst = _worst_ratio(mesh)
         if worst > config.min_jacobian:
             best = (fraction, goal, mesh, worst)
@@ -256,27 +269,53 @@ def warp_to_landmarks(image: np.ndarray, src: np.ndarray, dst: np.ndarray, confi
         raise RejectError(STAGE, "warp_folds",
                           f"the landmark motion folds the image even when scaled back to {achieved:.2f} of it")
     fraction, goal, mesh, worst = best
-    field = _mesh_field(mesh, size)
-    opened = polygon_mask(goal[list(INNER_LIPS)], size) if config.fill_mouth else np.zeros((size, size), np.float32)
+    field = _mesh_field(mesh, size_px)
+    mouth = goal[list(INNER_LIPS)]
+    opened = (polygon_mask(mouth, size_px) if config.fill_mouth and _polygon_area(mouth) >= 1.0
+              else np.zeros((size_px, size_px), np.float32))   # lips that meet leave no interior to paint
     if config.smooth_iod > 0:
+        # Soften the creases along triangle edges; kept only where the smoothed warp still does not fold.
         sigma = config.smooth_iod * face_frame(src).iod_px
         smoothed = np.stack([cv2.GaussianBlur(field[..., k], (0, 0), sigma) for k in range(2)], axis=-1)
-        det = jacobian_det(smoothed)
-        if float(det[opened < 0.01].min(initial=1.0)) > config.min_jacobian:
+        if float(jacobian_det(smoothed)[opened < 0.01].min(initial=1.0)) > config.min_jacobian:
             field = smoothed
-    out = _sample(image, field)
+    return WarpPlan(fraction=float(fraction), landmarks=goal.astype(np.float32), field=field, opened=opened,
+                    min_jacobian=worst)
+
+
+def _open_in_source(src_inner: np.ndarray, plan: WarpPlan) -> np.ndarray:
+    """[S, S] 0..1: output pixels of the target mouth that sample the source's own open mouth (kept as they are:
+    teeth, tongue), judged by the signed distance of their source position inside the source inner-lip polygon;
+    a closed source mouth (zero area) keeps nothing, so its whole new opening is painted."""
+    out = np.zeros(plan.opened.shape, np.float32)
+    contour = src_inner.astype(np.float32).reshape(-1, 1, 2)
+    ys, xs = np.nonzero(plan.opened > 0)
+    for y, x in zip(ys, xs):
+        point = (float(x + plan.field[y, x, 0]), float(y + plan.field[y, x, 1]))
+        out[y, x] = np.clip(cv2.pointPolygonTest(contour, point, True) + 0.5, 0.0, 1.0)
+    return out
+
+
+def warp_to_landmarks(image: np.ndarray, src: np.ndarray, dst: np.ndarray, config: WarpConfig = WarpConfig()) -> WarpResult:
+    """Warp an aligned crop so its 68 points move from src to dst [68, 2] (see plan_warp), painting a newly
+    opened mouth as mouth interior."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
+        raise ValueError(f"image must be a square uint8 RGB crop, got {image.dtype} {image.shape}")
+    size = image.shape[0]
+    plan = plan_warp(src, dst, size, config)
+    out = _sample(image, plan.field)
     filled = 0.0
-    if config.fill_mouth and opened.sum() > 0:
-        already_open = _sample((polygon_mask(src[list(INNER_LIPS)], size) * 255).astype(np.uint8)[..., None].repeat(3, -1),
-                               field)[..., 0].astype(np.float32) / 255.0
-        fill = np.clip(opened - already_open, 0.0, 1.0)
+    inner = list(INNER_LIPS)
+    mouth_moved = np.abs(plan.landmarks[inner] - np.asarray(src, np.float64)[inner]).max() > 0.01
+    if config.fill_mouth and mouth_moved and plan.opened.sum() > 0:
+        fill = np.clip(plan.opened - _open_in_source(np.asarray(src, np.float64)[inner], plan), 0.0, 1.0)
         if fill.sum() > 0:
-            colours = _mouth_interior(image, src, goal, fill)
+            colours = _mouth_interior(image, np.asarray(src, np.float64), plan.landmarks.astype(np.float64), fill)
             blended = out.astype(np.float64) * (1.0 - fill[..., None]) + colours * fill[..., None]
             out = np.clip(np.round(blended), 0, 255).astype(np.uint8)
             filled = float(fill.sum())
-    return WarpResult(image=out, landmarks=goal.astype(np.float32), fraction=float(fraction),
-                      min_jacobian=worst, mouth_filled_px=filled)
+    return WarpResult(image=out, landmarks=plan.landmarks, fraction=plan.fraction, min_jacobian=plan.min_jacobian,
+                      mouth_filled_px=filled)
 
 
 def check_au_vector(values, name: str) -> np.ndarray:
@@ -290,6 +329,34 @@ def check_au_vector(values, name: str) -> np.ndarray:
     if array.min() < 0.0 or array.max() > 1.0:
         raise RejectError(STAGE, reason, f"AU {name} outside 0..1 (OpenFace 0..5 / 5): {array.round(3).tolist()}")
     return array
+
+
+# Landmarks may sit this far outside the crop (a fraction of its side): a jaw or brow cut by a tight crop.
+_OFF_CROP_TOLERANCE = 0.1
+# The points must span a face: the thinner side of their spread (smallest singular value) at least this (px).
+_MIN_SPREAD_PX = 2.0
+
+
+def check_points(landmarks, size_px: int) -> np.ndarray:
+    """68 finite points [68, 2] on the crop that span an area, else RejectError landmarks_missing / _off_crop /
+    _degenerate."""
+    if landmarks is None:
+        raise RejectError(STAGE, "landmarks_missing", "no landmarks for this face (prepare with --landmarks)")
+    points = np.asarray(landmarks, np.float64)
+    if points.shape == (2 * N_LANDMARKS,):
+        points = points.reshape(N_LANDMARKS, 2)
+    if points.shape != (N_LANDMARKS, 2) or not np.all(np.isfinite(points)):
+        raise RejectError(STAGE, "landmarks_missing", f"need 68 finite landmarks, got shape {points.shape}")
+    slack = _OFF_CROP_TOLERANCE * size_px
+    if points.min() < -slack or points.max() > size_px - 1 + slack:
+        raise RejectError(STAGE, "landmarks_off_crop",
+                          f"landmarks span {points.min(0).round(1).tolist()}..{points.max(0).round(1).tolist()}, "
+                          f"outside the {size_px} px crop")
+    spread = np.linalg.svd(points - points.mean(0), compute_uv=False) / np.sqrt(N_LANDMARKS)
+    if spread.min() < _MIN_SPREAD_PX:
+        raise RejectError(STAGE, "landmarks_degenerate",
+                          f"the 68 points are (nearly) collinear or coincide: spread {spread.round(2).tolist()} px")
+    return points
 
 
 class WarpEditor:
@@ -307,9 +374,7 @@ class WarpEditor:
         """One edit; RejectError for bad AU vectors, bad landmarks or a warp that would fold."""
         target = check_au_vector(au_target, "target")
         source = np.zeros(17) if au_source is None else check_au_vector(au_source, "source")
-        points = np.asarray(landmarks, np.float64)
-        if points.shape != (N_LANDMARKS, 2) or not np.all(np.isfinite(points)):
-            raise RejectError(STAGE, "landmarks_missing", f"need 68 finite landmarks, got {points.shape}")
+        points = check_points(landmarks, image.shape[0])
         try:
             goal = self.shape_model.target_landmarks(points, source, target)
         except ValueError as err:

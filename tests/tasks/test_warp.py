@@ -1,0 +1,144 @@
+"""The landmark warp: exact identity and locality, no folds, a painted mouth interior, specific rejects."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from models.au_shape import AU_NAMES, INNER_LIPS, default_au_shape_model
+from tasks.errors import RejectError
+from tasks.openface import synthetic_landmarks68
+from tasks.warp import WarpConfig, WarpEditor, jacobian_det, plan_warp, polygon_mask, warp_to_landmarks
+
+SIZE = 128
+FACE = synthetic_landmarks68((64.0, 58.0), 31.0).astype(np.float32)
+CLOSED = FACE.copy()
+CLOSED[[67, 66, 65], 1] = CLOSED[[61, 62, 63], 1]        # lips together: inner upper == inner lower
+EDITOR = WarpEditor(default_au_shape_model())
+
+
+def one_hot(name: str, value: float = 1.0) -> np.ndarray:
+    v = np.zeros(17)
+    v[AU_NAMES.index(name)] = value
+    return v
+
+
+@pytest.fixture(scope="module")
+def crop(astronaut_rgb) -> np.ndarray:
+    return np.ascontiguousarray(cv2.resize(astronaut_rgb, (SIZE, SIZE), interpolation=cv2.INTER_AREA))
+
+
+def test_no_change_is_the_identity(crop):
+    result = EDITOR.edit(crop, FACE, one_hot("AU12", 0.3), one_hot("AU12", 0.3))
+    np.testing.assert_array_equal(result.image, crop)
+    np.testing.assert_array_equal(result.landmarks, FACE)
+    assert result.fraction == 1.0 and result.mouth_filled_px == 0.0
+
+
+def test_pixels_away_from_the_moved_features_are_exactly_unchanged(crop):
+    result = EDITOR.edit(crop, FACE, np.zeros(17), one_hot("AU01"))           # inner brows up
+    changed = np.any(result.image != crop, axis=-1)
+    assert changed.any()
+    ys, xs = np.nonzero(changed)
+    brow_y = FACE[[21, 22], 1].mean()
+    assert ys.max() < FACE[[40, 41, 46, 47], 1].max(), "a brow raise changed pixels below the eyes"
+    assert abs(np.median(ys) - brow_y) < 0.5 * 31
+    assert not changed[int(FACE[:, 1].max()) + 2:].any()                      # nothing below the chin
+
+
+def test_the_named_points_reach_their_targets(crop):
+    model = default_au_shape_model()
+    for name in ("AU12", "AU04", "AU26", "AU45"):
+        result = EDITOR.edit(crop, FACE, np.zeros(17), one_hot(name))
+        np.testing.assert_allclose(result.landmarks, model.target_landmarks(FACE, np.zeros(17), one_hot(name)), atol=1e-4)
+        assert result.fraction == 1.0, name
+
+
+def test_random_edits_never_fold(crop):
+    rng = np.random.default_rng(0)
+    model = default_au_shape_model()
+    for points in (FACE, CLOSED):
+        for _ in range(25):
+            source, target = rng.uniform(0, 1, 17) * (rng.uniform(size=17) < 0.3), rng.uniform(0, 1, 17)
+            goal = model.target_landmarks(points, source, target)
+            plan = plan_warp(points, goal, SIZE)
+            det = jacobian_det(plan.field)
+            outside_mouth = plan.opened < 0.01
+            assert det[2:-2, 2:-2][outside_mouth[2:-2, 2:-2]].min() > 0.0
+            assert plan.min_jacobian > 0.0 and 0.5 <= plan.fraction <= 1.0
+
+
+def test_opening_a_closed_mouth_paints_a_dark_interior_not_stretched_lips(crop):
+    result = EDITOR.edit(crop, CLOSED, np.zeros(17), one_hot("AU26"))
+    assert result.mouth_filled_px > 20
+    inner = polygon_mask(result.landmarks[list(INNER_LIPS)], SIZE) > 0.99
+    lips_before = polygon_mask(CLOSED[48:60], SIZE) > 0.5
+    luminance = lambda im: im.astype(float).mean(-1)  # noqa: E731
+    # the lower part of the opening is cavity (upper teeth may show under the upper lip)
+    rows = np.nonzero(inner.any(axis=1))[0]
+    cavity = inner & (np.arange(SIZE)[:, None] > rows.min() + 0.5 * (rows.max() - rows.min()))
+    assert luminance(result.image)[cavity].mean() < 0.6 * luminance(crop)[lips_before].mean()
+    # the same edit without the fill stretches what was there instead
+    plain = warp_to_landmarks(crop, CLOSED, result.landmarks, WarpConfig(fill_mouth=False))
+    assert luminance(plain.image)[inner].mean() > luminance(result.image)[inner].mean()
+
+
+def test_closing_an_open_mouth_meets_without_tearing(crop):
+    model = default_au_shape_model()
+    opened = model.target_landmarks(CLOSED, np.zeros(17), one_hot("AU26"))
+    result = EDITOR.edit(crop, opened, one_hot("AU26"), np.zeros(17))
+    assert result.fraction == 1.0 and result.mouth_filled_px < 5.0      # anti-aliased rim of the closed seam only
+    gap = result.landmarks[[65, 66, 67], 1] - result.landmarks[[63, 62, 61], 1]
+    assert np.all(np.abs(gap) < 0.5)
+
+
+def test_a_blink_closes_the_eye(crop):
+    result = EDITOR.edit(crop, FACE, np.zeros(17), one_hot("AU45"))
+    lid_gap = result.landmarks[[41, 40, 47, 46], 1] - result.landmarks[[37, 38, 43, 44], 1]
+    assert np.all(lid_gap >= -1e-4) and np.all(lid_gap < 0.5)
+    assert result.fraction == 1.0
+
+
+def test_impossible_motion_is_scaled_back_or_rejected(crop):
+    goal = FACE.copy()
+    goal[17:27, 1] += 60.0                                   # brows dragged through the eyes and mouth
+    try:
+        plan = plan_warp(FACE, goal, SIZE)
+    except RejectError as err:
+        assert err.reason == "warp_folds"
+    else:
+        assert plan.fraction < 1.0 and plan.min_jacobian > 0.0
+    with pytest.raises(RejectError) as info:
+        plan_warp(FACE, goal, SIZE, WarpConfig(min_fraction=0.99))
+    assert info.value.reason == "warp_folds"
+
+
+@pytest.mark.parametrize("target, reason", [
+    (np.full(17, np.nan), "bad_au_target"),
+    (one_hot("AU12", 1.5), "bad_au_target"),
+    (-one_hot("AU12"), "bad_au_target"),
+    (np.zeros(5), "bad_au_target"),
+])
+def test_bad_au_targets_are_specific_rejects(crop, target, reason):
+    with pytest.raises(RejectError) as info:
+        EDITOR.edit(crop, FACE, np.zeros(17), target)
+    assert info.value.reason == reason and info.value.stage == "warp"
+
+
+def test_bad_landmarks_are_specific_rejects(crop):
+    line = np.stack([np.linspace(10, 110, 68), np.full(68, 60.0)], axis=1)   # collinear
+    off = FACE + 200.0
+    for points, reason in ((line, "landmarks_degenerate"), (off, "landmarks_off_crop"), (None, "landmarks_missing"),
+                           (np.full((68, 2), np.nan), "landmarks_missing")):
+        with pytest.raises(RejectError) as info:
+            EDITOR.edit(crop, points, np.zeros(17), one_hot("AU12"))
+        assert info.value.reason == reason
+
+
+def test_batch_goes_on_past_a_bad_edit(crop):
+    results = EDITOR.edit_batch([crop, crop, crop], [FACE, FACE, FACE], [None, None, None],
+                                [one_hot("AU12"), one_hot("AU12", 7.0), one_hot("AU04")])
+    assert isinstance(results[1], RejectError) and results[1].reason == "bad_au_target"
+    assert not isinstance(results[0], RejectError) and not isinstance(results[2], RejectError)
+    again = EDITOR.edit(crop, FACE, None, one_hot("AU12"))
+    np.testing.assert_array_equal(again.image, results[0].image)      # deterministic
