@@ -207,6 +207,7 @@ class EvalSet:
     targets: np.ndarray       # [N, 17] random_aus, zero outside RENDERED_AUS
     perfect: np.ndarray       # uint8 [N, S, S, 3]: each identity re-rendered with its target (the ceiling)
     edit_masks: np.ndarray    # bool [N, S, S]: pixels the AUs that differ between source and target can change
+    source_ids: tuple[str, ...] = ()  # the held-out faces' ids in the prepared manifest
 
 
 def build_eval_set(data: BenchData, config: GANimationBenchConfig) -> EvalSet:
@@ -223,7 +224,7 @@ def build_eval_set(data: BenchData, config: GANimationBenchConfig) -> EvalSet:
         perfect.append(render_face(identity, target, config.render))
         edited = [a for a, i in zip(RENDERED_AUS, RENDERED_COLUMNS) if abs(target[i] - source[i]) > EDITED_AU_TOLERANCE]
         masks.append(au_mask(edited, identity, config.render))
-    return EvalSet(images, source_aus, targets, np.stack(perfect), np.stack(masks))
+    return EvalSet(images, source_aus, targets, np.stack(perfect), np.stack(masks), tuple(test.source_ids[:n]))
 
 
 class ReplayEdits(torch.nn.Module):
@@ -319,6 +320,49 @@ def evaluate_edits(generator: Generator, oracle: AUOracle, eval_set: EvalSet, ba
     }
 
 
+# ---------------------------------------------------------------- editors that need no training
+
+EditorFn = Callable[[EvalSet, "BenchData"], tuple[np.ndarray, dict[str, float]]]
+
+
+def warp_editor_fn(au_shape_path: str | None = None) -> EditorFn:
+    """The landmark warp as a benchmark editor: each held-out face's prepared landmarks (the renderer's exact
+    68 points, read through the OpenFace CSV) and AUs -> its edit toward the target. A rejected edit counts as
+    no edit; the count is reported."""
+    from tasks.au_shape import load_au_shape
+    from tasks.errors import RejectError
+    from tasks.warp import WarpEditor
+
+    editor = WarpEditor(load_au_shape(au_shape_path))
+
+    def run(eval_set: EvalSet, data: BenchData) -> tuple[np.ndarray, dict[str, float]]:
+        table = read_manifest(data.prepared, columns=["source_id", "stage", "landmarks"]).to_pylist()
+        landmarks = {r["source_id"]: r["landmarks"] for r in table if r["stage"] == "original"}
+        outputs, fractions, rejected = [], [], 0
+        started = time.process_time()
+        for sid, image, source, target in zip(eval_set.source_ids, eval_set.images, eval_set.source_aus, eval_set.targets):
+            try:
+                result = editor.edit(image, landmarks.get(sid), source, target)
+            except RejectError:
+                outputs.append(image)
+                rejected += 1
+                continue
+            outputs.append(result.image)
+            fractions.append(result.fraction)
+        seconds = time.process_time() - started
+        return np.stack(outputs), {"edits_per_cpu_s": len(outputs) / max(seconds, 1e-9), "rejected": float(rejected),
+                                   "fraction_mean": float(np.mean(fractions)) if fractions else 0.0}
+
+    return run
+
+
+def evaluate_editor(editor: EditorFn, oracle: AUOracle, eval_set: EvalSet, data: BenchData) -> dict[str, float]:
+    """evaluate_edits for an editor that returns finished images (served through ReplayEdits)."""
+    images, extra = editor(eval_set, data)
+    config = GANimationConfig(image_size_px=int(images.shape[1]))
+    return evaluate_edits(ReplayEdits(config, images), oracle, eval_set) | extra
+
+
 # ---------------------------------------------------------------- the whole benchmark
 
 
@@ -328,8 +372,11 @@ def run_benchmark(
     device: str = "cpu",
     progress: bool = False,
     on_eval: Callable[[dict[str, float]], None] | None = None,
+    editors: dict[str, EditorFn] | None = None,
+    train_ganimation_too: bool = True,
 ) -> dict[str, Any]:
-    """Build data -> train the oracle -> train GANimation, scoring edits every eval_every_epochs -> report.
+    """Build data -> train the oracle -> score the untrained editors (e.g. the warp) -> train GANimation, scoring
+    its edits every eval_every_epochs -> report. All on the same held-out faces and targets.
 
     Writes out_dir/bench_config.json first and out_dir/report.json at the end. Everything derives from
     config.seed; the GANimation run folder is out_dir/ganimation (resumed if it already holds checkpoints).
@@ -351,26 +398,33 @@ def run_benchmark(
         oracle = oracle.cpu().eval()
         timings["oracle_s"] = time.perf_counter() - t
 
-        # 3. Train GANimation; score the latest checkpoint every eval_every_epochs.
+        # 3. Editors that need no training, on the same held-out faces.
+        scored = {name: evaluate_editor(fn, oracle, eval_set, data) for name, fn in (editors or {}).items()}
+
+        # 4. Train GANimation; score the latest checkpoint every eval_every_epochs.
         history: list[dict[str, float]] = []
         run_dir = out_dir / "ganimation"
 
         def evaluate(row: dict[str, float]) -> None:
             generator = load_ganimation(latest_checkpoint(run_dir)).generator
-            history.append(row | evaluate_edits(generator, oracle, eval_set))
+            cpu = time.process_time()
+            apply_edits(generator, eval_set.images, eval_set.targets, batch_size=32, device="cpu")
+            speed = {"edits_per_cpu_s": len(eval_set.images) / max(time.process_time() - cpu, 1e-9)}
+            history.append(row | evaluate_edits(generator, oracle, eval_set) | speed)
             if on_eval is not None:
                 on_eval(history[-1])
 
         t = time.perf_counter()
-        _train(config, data, run_dir, device, progress, evaluate)
+        if train_ganimation_too:
+            _train(config, data, run_dir, device, progress, evaluate)
         timings["ganimation_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - started
 
     report = {
         "name": config.name, "threads": config.threads, "n_train_faces": data.n_train, "n_eval": len(eval_set.targets),
         "oracle": {k: v for k, v in oracle_report.items() if k != "epoch_mse"},
-        "history": history, "final": history[-1] if history else {}, "timings": timings,
-        "checkpoint": str(latest_checkpoint(run_dir)),
+        "history": history, "final": history[-1] if history else {}, "timings": timings, "editors": scored,
+        "checkpoint": str(latest_checkpoint(run_dir)) if train_ganimation_too else None,
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=float))
     return report

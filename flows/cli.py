@@ -96,6 +96,7 @@ def _expand_settings(args: argparse.Namespace):
                        attention_range=tuple(args.attention_range) if args.attention_range else None)
     return ExpandSettings(
         prepared=args.prepared, out=args.out, run_name=args.run_name, ganimation=args.ganimation,
+        editor=args.editor, au_shape=args.au_shape,
         plan=PlanSettings(**plan), regenerations=args.regenerations, singan_preset=args.singan_preset,
         singan_start=args.singan_start, bank_size=args.bank_size, unit_size=args.unit_size, seed=args.seed,
         limit_sources=args.limit_sources, singan_overrides=dict(_parse_overrides(args.singan_set)),
@@ -225,13 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-au-confidence", type=float, default=None)
     p.set_defaults(func=cmd_inspect_au)
 
-    p = sub.add_parser("expand", help="prepared dataset -> GANimation edits + SinGAN regenerations -> expanded dataset",
-                       description="Apply N AU targets per train image with GANimation, train SinGAN on each result and "
+    p = sub.add_parser("expand", help="prepared dataset -> AU edits + SinGAN regenerations -> expanded dataset",
+                       description="Apply N AU targets per train image with the landmark warp or GANimation, train SinGAN on each result and "
                                    "draw M regenerations injected at a finer scale; write shards + manifest + report. "
                                    "Re-running on the same --out resumes and never duplicates.")
     p.add_argument("prepared", help="output root of `singanimation prepare`")
     p.add_argument("--out", required=True, help="output root of the expanded dataset")
-    p.add_argument("--ganimation", help="GANimation checkpoint dir (trained or imported); omit with --plan none")
+    p.add_argument("--editor", choices=["warp", "ganimation"], default=None,
+                   help="who edits: the landmark warp (no training) or GANimation; default: ganimation when "
+                        "--ganimation is given, else warp")
+    p.add_argument("--ganimation", help="GANimation checkpoint dir (trained or imported), for --editor ganimation")
+    p.add_argument("--au-shape", help="AU shape model JSON for the warp (from fit-au-shape); default: FACS-authored")
     p.add_argument("--plan", default="emotion", choices=["none", "single_au", "interpolate", "emotion", "balance"],
                    help="AU targets per source; 'none' = no edits, SinGAN regenerations of the originals only")
     p.add_argument("--per-source", type=int, default=3, help="N: edits kept per source (seeded choice)")

@@ -1,4 +1,5 @@
-"""The expand flow: prepared dataset -> GANimation edits -> SinGAN regenerations -> shards + manifest + report."""
+"""The expand flow: prepared dataset -> AU edits (landmark warp or GANimation) -> SinGAN regenerations -> shards +
+manifest + report."""
 from __future__ import annotations
 
 import random
@@ -61,7 +62,11 @@ class ExpandSettings(BaseModel):
     prepared: str = Field(description="output root of `singanimation prepare`")
     out: str = Field(description="output root of the expanded dataset")
     run_name: str = Field("expand", pattern=r"^[A-Za-z0-9_-]+$")
-    ganimation: str | None = Field(None, description="GANimation checkpoint dir; None: no edits, SinGAN on originals")
+    editor: Literal["warp", "ganimation"] | None = Field(
+        None, description="who makes the AU edits: 'warp' (landmark editor, no training) or 'ganimation'; "
+                          "default: ganimation when a checkpoint is given, else warp")
+    ganimation: str | None = Field(None, description="GANimation checkpoint dir (editor 'ganimation')")
+    au_shape: str | None = Field(None, description="AU shape model JSON for the warp (fit-au-shape); default: FACS-authored")
     plan: PlanSettings = PlanSettings()
     regenerations: int = Field(2, ge=0, description="M SinGAN regenerations per edit; 0 = GANimation edits only")
     singan_preset: str = Field("fast", description=f"one of {sorted(PRESETS)}")
@@ -89,12 +94,18 @@ class ExpandSettings(BaseModel):
             _singan(self)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"singan_overrides {self.singan_overrides}: {exc}") from exc
-        if self.plan.kind != "none" and self.ganimation is None:
-            raise ValueError("edits need a GANimation checkpoint: give `ganimation`, or set plan.kind='none' "
-                             "(SinGAN regenerations of the originals only)")
+        if self.plan.kind != "none" and self.resolved_editor() == "ganimation" and self.ganimation is None:
+            raise ValueError("editor 'ganimation' needs a GANimation checkpoint: give `ganimation`, or use the "
+                             "landmark editor (editor='warp', no training needed)")
         if self.plan.kind == "none" and self.regenerations == 0:
             raise ValueError("nothing to generate: plan.kind='none' and regenerations=0")
         return self
+
+    def resolved_editor(self) -> Literal["warp", "ganimation"] | None:
+        """The editor this run uses: None without edits, else the chosen one (ganimation when a checkpoint is given)."""
+        if self.plan.kind == "none":
+            return None
+        return self.editor or ("ganimation" if self.ganimation else "warp")
 
     def config_hash(self) -> str:
         return settings_hash(self, exclude={"device", "out", "fanout", "unit_deployment", "ganimation_batch"})
@@ -102,7 +113,8 @@ class ExpandSettings(BaseModel):
     def job(self, run_id: str) -> ExpandJob:
         return ExpandJob(
             prepared=self.prepared, out=self.out, run_name=self.run_name, run_id=run_id,
-            ganimation=self.ganimation if self.plan.kind != "none" else None, ganimation_batch=self.ganimation_batch,
+            ganimation=self.ganimation if self.resolved_editor() == "ganimation" else None,
+            editor=self.resolved_editor(), au_shape=self.au_shape, ganimation_batch=self.ganimation_batch,
             regenerations=self.regenerations, singan_preset=self.singan_preset,
             singan_overrides=tuple(sorted(self.singan_overrides.items())), singan_start=self.singan_start,
             bank_size=self.bank_size, seed=self.seed, gate=self.gate, sifid_weights=self.sifid_weights,
@@ -170,7 +182,7 @@ def describe_plan(settings: ExpandSettings) -> dict:
     return {
         "config_hash": settings.config_hash(),
         "samples_per_stage": {"original": len(train) + (len(rows) - len(train) if settings.test_split == "copy" else 0),
-                              "ganimation": len(plan.edits), "singan": regenerations},
+                              settings.resolved_editor() or "edits": len(plan.edits), "singan": regenerations},
         "edits_per_kind": summary["edits_per_kind"],
         "train_labels_before": summary["labels_before"],
         "train_labels_after": {name: summary["labels_after"][name] * (1 + settings.regenerations)
@@ -179,7 +191,9 @@ def describe_plan(settings: ExpandSettings) -> dict:
         "plan_rejects": summary["rejects_per_reason"],
         "work_units": len(units),
         "compute": {
-            "ganimation_forwards": len(plan.edits),
+            "editor": settings.resolved_editor() or "none",
+            "ganimation_forwards": len(plan.edits) if settings.resolved_editor() == "ganimation" else 0,
+            "warp_edits": len(plan.edits) if settings.resolved_editor() == "warp" else 0,
             "singan_faces_trained": parents if settings.regenerations else 0,
             "singan_banks": -(-parents // settings.bank_size) if settings.regenerations else 0,
             "singan_cost_per_face_vs_official": round(cost / official, 4),
@@ -274,7 +288,10 @@ def expand(settings: ExpandSettings) -> dict:
     before = Counter(r["label"] for r in rows if r["split"] == "train")
     histogram = label_histogram_png(settings.out, before)
     notes = [f"config hash {config_hash}", f"{sum(r['skipped'] for r in results)} of {len(units)} units were already committed",
-             f"GANimation: {settings.ganimation or 'off'}; SinGAN preset {settings.singan_preset}, start {settings.singan_start}, "
+             f"editor: {settings.resolved_editor() or 'none'}"
+             + (f" ({settings.ganimation})" if settings.resolved_editor() == "ganimation" else
+                f" (AU shape model: {settings.au_shape or 'FACS default'})" if settings.resolved_editor() == "warp" else "")
+             + f"; SinGAN preset {settings.singan_preset}, start {settings.singan_start}, "
              f"M = {settings.regenerations}", f"verify: {check.summary().splitlines()[0]}",
              f"label histogram before/after: ![labels]({histogram.name})"]
     report_md, sheet = write_report(settings.out, "Expand run", timings, notes=notes, tiles=expand_tiles(settings.out))

@@ -24,7 +24,7 @@ EMOTIONS: dict[int, str] = {
 EMOTION_IDS: dict[str, int] = {name.lower(): i for i, name in EMOTIONS.items()}
 
 SPLITS = ("train", "test")
-STAGES = ("original", "ganimation", "singan")
+STAGES = ("original", "warp", "ganimation", "singan")
 EDIT_KINDS = ("none", "single_au", "interpolate", "emotion")
 LABEL_KINDS = ("original", "inherited", "target")
 
@@ -36,6 +36,7 @@ QUALITY_TYPE = pa.struct([
     ("au_fidelity", pa.float32()),       # GANimation: mean |critic AU(out) - target|
     ("ssim_to_source", pa.float32()),    # SSIM of the sample to the image it was derived from
     ("sifid", pa.float32()),             # SinGAN: single-image FID to its source (optional)
+    ("warp_fraction", pa.float32()),     # warp: share of the planned landmark motion achieved (1 = all; < 1 = scaled back to avoid a fold)
 ])
 QUALITY_FIELDS: tuple[str, ...] = tuple(f.name for f in QUALITY_TYPE)
 

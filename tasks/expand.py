@@ -1,4 +1,5 @@
-"""Expand stage: per work unit, GANimation edits of its sources, SinGAN banks on the edits, M regenerations each."""
+"""Expand stage: per work unit, AU edits of its sources (landmark warp or GANimation), SinGAN banks on the edits,
+M regenerations each."""
 from __future__ import annotations
 
 import dataclasses
@@ -61,7 +62,9 @@ class ExpandJob:
     out: str
     run_name: str
     run_id: str
-    ganimation: str | None                 # checkpoint dir; None = no edits (SinGAN on originals)
+    ganimation: str | None                 # GANimation checkpoint dir (editor "ganimation")
+    editor: Literal["warp", "ganimation"] | None = "warp"  # None = no edits (SinGAN on the originals)
+    au_shape: str | None = None            # fitted AU shape model JSON for the warp; None = the FACS default
     ganimation_batch: int = 16
     regenerations: int = 2                 # M per edit (or per original when there are no edits)
     singan_preset: str = "fast"
@@ -129,6 +132,23 @@ def _ganimation(directory: str, device: str):
     return load_ganimation(directory, device=device)
 
 
+@functools.lru_cache(maxsize=2)
+def _warp_editor(au_shape: str | None):
+    from tasks.au_shape import load_au_shape
+    from tasks.warp import WarpEditor
+
+    return WarpEditor(load_au_shape(au_shape))
+
+
+def editor_version(job: ExpandJob, device: str) -> str:
+    """What made the edits, for model_versions: the GANimation checkpoint id or the warp's AU shape model."""
+    if job.editor == "ganimation":
+        return f"ganimation:{_ganimation(job.ganimation, device).checkpoint_id}"
+    if job.editor == "warp":
+        return f"editor:{_warp_editor(job.au_shape).version}"
+    return "editor:none"
+
+
 def _ssim_uint8(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> list[float]:
     to = lambda xs: torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731  [N, 3, H, W]
     return [float(v) for v in ssim(to(a), to(b), value_range=(0.0, 1.0))]
@@ -143,13 +163,58 @@ class _Item:
 
 def _base_row(source: dict, job: ExpandJob, versions: str) -> dict:
     keep = ("split", "source_id", "source_sha256", "au_source")
-    return {**{k: source[k] for k in keep}, "alpha": None, "singan_start_scale": None, "singan_sample": None,
+    # The source's landmarks carry over (an edit replaces them with where its points went).
+    carried = {k: source.get(k) for k in ("landmarks", "landmark_source")}
+    return {**carried, **{k: source[k] for k in keep}, "alpha": None, "singan_start_scale": None, "singan_sample": None,
             "model_versions": versions, "run_id": job.run_id}
+
+
+def _source_landmarks(source: dict, image: np.ndarray) -> np.ndarray:
+    """The prepared row's 68 points [68, 2], or the detector's on the crop when the row has none."""
+    if source.get("landmarks") is not None:
+        return np.asarray(source["landmarks"], np.float64).reshape(-1, 2)
+    from tasks.landmarks import shared_detector
+
+    return shared_detector().detect(image)
+
+
+def _warp_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: list[Edit], job: ExpandJob,
+               versions: str, rejects: list[dict]) -> list[_Item]:
+    """Apply every edit of the unit with the landmark warp; score and gate each output; bad input -> rejects."""
+    editor = _warp_editor(job.au_shape)
+    done: list[tuple[Edit, object]] = []
+    for edit in edits:
+        source = sources[edit.source_id]
+        try:
+            points = _source_landmarks(source, images[edit.source_id])
+            done.append((edit, editor.edit(images[edit.source_id], points, source["au_source"], edit.au_target)))
+        except RejectError as err:
+            rejects.append(err.as_row(edit.source_id))
+    if not done:
+        return []
+    similarity = _ssim_uint8([r.image for _, r in done], [images[e.source_id] for e, _ in done])
+    items = []
+    for (edit, result), sim in zip(done, similarity):
+        source = sources[edit.source_id]
+        quality = {"ssim_to_source": sim, "warp_fraction": result.fraction}
+        edit_params = {**edit.as_dict(), "model": editor.version}
+        row = {**_base_row(source, job, versions), "stage": "warp", "edit_kind": edit.edit_kind,
+               "label": edit.label, "label_kind": edit.label_kind, "au_target": list(edit.au_target),
+               "alpha": edit.alpha, "seed": edit.seed, "quality": quality,
+               "landmarks": result.landmarks.reshape(-1).tolist(),
+               "sample_id": make_sample_id(source["source_sha256"], "warp", edit=edit_params, seed=edit.seed),
+               "width": result.image.shape[1], "height": result.image.shape[0]}
+        failed = job.gate.check(quality)
+        if failed:
+            rejects.append(RejectError("quality", "below_quality_gate", f"{edit.target} edit: {failed}").as_row(edit.source_id))
+            continue
+        items.append(_Item(result.image, row))
+    return items
 
 
 def _edit_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: list[Edit], job: ExpandJob,
                device: str, versions: str, rejects: list[dict]) -> list[_Item]:
-    """Apply every edit of the unit in batches; score and gate each output."""
+    """Apply every edit of the unit with GANimation in batches; score and gate each output."""
     if not edits:
         return []
     from tasks.ganimation import apply_edits, au_fidelity
@@ -239,8 +304,7 @@ def expand_unit(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
         raise FileNotFoundError(f"unit {unit.unit_id}: {len(missing)} sources are not in {job.prepared}, e.g. {sorted(missing)[:3]}")
     root = Path(job.prepared)
     images = {sid: decode_png_rgb(read_member(root / r["shard"], r["offset"], r["size"])) for sid, r in sources.items()}
-    ganimation_id = _ganimation(job.ganimation, device).checkpoint_id if job.ganimation else "none"
-    versions = f"ganimation:{ganimation_id};singan:{job.singan_preset}-{dataclass_hash(singan_config(job))};singanimation:{PACKAGE_VERSION}"
+    versions = f"{editor_version(job, device)};singan:{job.singan_preset}-{dataclass_hash(singan_config(job))};singanimation:{PACKAGE_VERSION}"
     rejects: list[dict] = []
 
     # 1. originals pass through with their prepared rows (same sample ids), re-written into this unit's shard
@@ -251,11 +315,16 @@ def expand_unit(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
         originals.append(_Item(images[sid], {**row, "run_id": job.run_id}))
     edited, regenerated = [], []
     if unit.split == "train":  # the test split never seeds a generated sample
-        # 2. GANimation: every planned edit of these sources, batched
+        # 2. Edits: every planned edit of these sources (landmark warp, or GANimation in batches)
         unit_edits = sorted((e for e in edits if e.source_id in wanted), key=lambda e: (e.source_id, e.planner, e.edit_index))
-        edited = _edit_rows(sources, images, unit_edits, job, device, versions, rejects) if job.ganimation else []
+        if job.editor == "warp":
+            edited = _warp_rows(sources, images, unit_edits, job, versions, rejects)
+        elif job.editor == "ganimation":
+            edited = _edit_rows(sources, images, unit_edits, job, device, versions, rejects)
+        else:
+            edited = []
         # 3. SinGAN: banks on the edits (or on the originals when there are no edits), M regenerations each
-        parents = edited if job.ganimation else [
+        parents = edited if job.editor else [
             _Item(o.image, {**o.row, "label_kind": "inherited"}) for o in originals]
         regenerated = _singan_rows(parents, job, device, versions, rejects)
 

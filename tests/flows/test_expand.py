@@ -114,5 +114,10 @@ def test_dry_run_plan_and_validation(prepared, checkpoint, tmp_path):
     assert plan["work_units"] == 3 and plan["compute"]["singan_faces_trained"] == 8
     assert 0 < plan["compute"]["singan_cost_per_face_vs_official"] < 1
     assert not (tmp_path / "manifest").exists()
-    with pytest.raises(ValueError, match="need a GANimation checkpoint"):
-        _settings(prepared, None, tmp_path)
+    with pytest.raises(ValueError, match="needs a GANimation checkpoint"):
+        _settings(prepared, None, tmp_path, editor="ganimation")
+    # without a checkpoint the landmark warp edits (no training needed)
+    warp = _settings(prepared, None, tmp_path)
+    assert warp.resolved_editor() == "warp" and warp.job("r").editor == "warp"
+    assert _settings(prepared, checkpoint, tmp_path).resolved_editor() == "ganimation"
+    assert _settings(prepared, None, tmp_path, plan=PlanSettings(kind="none")).resolved_editor() is None
