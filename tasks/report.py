@@ -132,7 +132,7 @@ def expand_tiles(out_root: str | os.PathLike, max_sources: int = 8) -> list[list
     for sid in sorted(chosen):
         group = by_source[sid]
         originals = [r for r in group if r["stage"] == "original"]
-        edits = sorted((r for r in group if r["stage"] == "ganimation"), key=lambda r: r["sample_id"])
+        edits = sorted((r for r in group if r["stage"] in ("warp", "ganimation")), key=lambda r: (r["label"], r["sample_id"]))
         regens = sorted((r for r in group if r["stage"] == "singan"), key=lambda r: (r["singan_sample"], r["sample_id"]))
         line = [tile(r, f"src {EMOTIONS[r['label']]}") for r in originals]
         if edits:
