@@ -178,13 +178,17 @@ def cmd_fit_au_shape(args: argparse.Namespace) -> int:
     try:
         config = FitConfig(ridge=args.ridge, mode=args.mode, pose=args.pose, holdout=args.holdout,
                            block_frames=args.block_frames, gap_frames=args.gap_frames, folds=args.folds,
-                           min_rows=args.min_rows,
+                           min_rows=args.min_rows, choose=args.choose,
                            **({"min_confidence": args.min_au_confidence} if args.min_au_confidence is not None else {}))
         result = fit_au_shape(args.inputs, config)
     except (FitInputError, ValueError) as exc:
         print(f"singanimation fit-au-shape: error: {exc}", file=sys.stderr)
         return 2
     path = save_au_shape(result.model, args.out)
+    if args.report:
+        from manifests.atomic import atomic_write_text
+
+        atomic_write_text(json.dumps(result.report, indent=1, sort_keys=True) + "\n", args.report)
     print(format_report(result.report))
     print(f"\nwrote {path} (model {result.model.version}, {result.report['rows']} rows, "
           f"{result.report['evaluation']['chosen']['mode']} fit, ridge {result.report['evaluation']['chosen']['ridge']:g})")
@@ -337,10 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="PREPARED_OR_CSV_DIR",
                    help="prepared output root (manifest with landmarks), folder of OpenFace CSVs, or CSV files")
     p.add_argument("--out", required=True, help="model JSON to write (atomically)")
+    p.add_argument("--report", help="also write the full held-out report (every candidate, per AU) as JSON here")
     p.add_argument("--ridge", type=float, default=None, help="penalty on the AU basis (default: chosen by held-out error)")
-    p.add_argument("--mode", default="auto", choices=["auto", "full", "residual", "local"],
+    p.add_argument("--mode", default="auto", choices=["auto", "full", "residual", "local", "scaled"],
                    help="full: basis from data; residual: shrink toward the FACS default; local: residual on the "
-                        "points FACS names per AU only; auto: the best held out")
+                        "points FACS names per AU only; scaled: the default's pattern, one fitted size per AU; "
+                        "auto: all four, chosen held out")
+    p.add_argument("--choose", default="1se", choices=["1se", "best"],
+                   help="1se: the most conservative candidate within one standard error of the lowest held-out "
+                        "error; best: the lowest")
     p.add_argument("--pose", default="linear", choices=["linear", "none"], help="head-pose covariates")
     p.add_argument("--holdout", default="blocks", choices=["blocks", "files"],
                    help="blocks: contiguous time blocks per subject; files: leave one subject/file out")

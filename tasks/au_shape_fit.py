@@ -50,7 +50,8 @@ class FitConfig:
     mode:         "full" fits the basis from the data (shrunk toward 0); "residual" fits the difference from the
                   FACS default (shrunk toward the default); "local" is "residual" restricted to the points the
                   FACS table lets each AU move (an AU cannot pick up motion elsewhere on the face that merely
-                  co-occurs with it in the data); "auto" measures all three and keeps the best.
+                  co-occurs with it in the data); "scaled" keeps the default's points and directions and fits
+                  one size per AU (shrunk toward the default's size); "auto" measures all four.
     pose:         "linear": per-point terms linear in pose_Rx/Ry/Rz, so head pose does not leak into the AU
                   basis; "none": no pose terms (prepared manifests carry no pose).
     holdout:      "blocks": per subject, contiguous blocks of block_frames rows (time order) go to `folds` folds
@@ -58,10 +59,14 @@ class FitConfig:
                   frames are near copies). "files": leave one subject/file out; the held-out subject's neutral
                   shape is its own mean (the editor always knows the face it edits).
     iod_px:       the inter-ocular distance used to report errors in pixels (about 31 px in a 128 px crop).
+    choose:       "best": the candidate with the lowest held-out error; "1se": the most conservative candidate
+                  (scaled, local, residual, full; larger ridge first) whose error is within one standard
+                  error (over held-out blocks) of the best: differences smaller than the noise of the
+                  estimate do not buy a model that strays further from FACS.
     """
 
     ridge: float | None = None
-    mode: Literal["auto", "full", "residual", "local"] = "auto"
+    mode: Literal["auto", "full", "residual", "local", "scaled"] = "auto"
     pose: Literal["linear", "none"] = "linear"
     holdout: Literal["blocks", "files"] = "blocks"
     block_frames: int = 25
@@ -70,18 +75,21 @@ class FitConfig:
     min_confidence: float = openface.OpenFaceConfig().min_confidence
     min_rows: int = 40
     iod_px: float = 31.0
+    choose: Literal["1se", "best"] = "1se"
 
     def __post_init__(self) -> None:
         if self.ridge is not None and not self.ridge >= 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge}")
-        if self.mode not in ("auto", "full", "residual", "local"):
-            raise ValueError(f"mode must be auto, full, residual or local, got {self.mode!r}")
+        if self.mode not in ("auto", "full", "residual", "local", "scaled"):
+            raise ValueError(f"mode must be auto, full, residual, local or scaled, got {self.mode!r}")
         if self.pose not in ("linear", "none"):
             raise ValueError(f"pose must be linear or none, got {self.pose!r}")
         if self.holdout not in ("blocks", "files"):
             raise ValueError(f"holdout must be blocks or files, got {self.holdout!r}")
         if self.block_frames < 1 or self.gap_frames < 0 or self.folds < 2:
             raise ValueError("block_frames >= 1, gap_frames >= 0 and folds >= 2 are needed")
+        if self.choose not in ("1se", "best"):
+            raise ValueError(f"choose must be 1se or best, got {self.choose!r}")
         if self.min_rows < 2:
             raise ValueError(f"min_rows must be >= 2, got {self.min_rows}")
 
@@ -347,6 +355,38 @@ def fit_shape(points: np.ndarray, aus: np.ndarray, pose: np.ndarray | None, grou
                pose_terms=W[N_AUS:].reshape(-1, N_LANDMARKS, 2), neutral=neutral)
 
 
+def fit_scaled(points: np.ndarray, aus: np.ndarray, pose: np.ndarray | None, group: np.ndarray, ridge: float,
+               prior: np.ndarray) -> Fit:
+    """The same model with basis[a] = scale[a] * prior[a]: one size per AU, least squares jointly with the pose
+    terms (pose partialled out first), `ridge` pulling each scale toward 1 with the units of fit_shape's penalty
+    (ridge * |scale - 1|^2 * |prior[a]|^2 = ridge * |basis[a] - prior[a]|^2)."""
+    n = len(aus)
+    Y = points.reshape(n, -1)
+    A = aus
+    P = np.zeros((n, 0)) if pose is None else pose
+    y_mean, a_mean, p_mean = _group_means(Y, group), _group_means(A, group), _group_means(P, group)
+    Yc = Y - np.stack([y_mean[int(g)] for g in group])
+    Ac = A - np.stack([a_mean[int(g)] for g in group])
+    Pc = P - np.stack([p_mean[int(g)] for g in group])
+    D = prior.reshape(N_AUS, -1)                                              # [17, 136]
+    if Pc.shape[1]:                                                           # partial the pose out of both
+        solve = np.linalg.solve(Pc.T @ Pc + 1e-6 * max(n, 1) * np.eye(Pc.shape[1]), Pc.T)
+        Y_res, A_res = Yc - Pc @ (solve @ Yc), Ac - Pc @ (solve @ Ac)
+    else:
+        Y_res, A_res = Yc, Ac
+    dd = D @ D.T                                                              # [17, 17] <d_a, d_b>
+    gram = (A_res.T @ A_res) * dd + ridge * np.diag(np.diag(dd)) + 1e-9 * np.eye(N_AUS)
+    rhs = np.einsum("ia,ij,aj->a", A_res, Y_res, D) + ridge * np.diag(dd)
+    scale = np.linalg.solve(gram, rhs)                                        # [17]
+    basis = scale[:, None] * D                                                # [17, 136]
+    rest = Yc - Ac @ basis
+    pose_w = (np.linalg.solve(Pc.T @ Pc + 1e-6 * max(n, 1) * np.eye(Pc.shape[1]), Pc.T @ rest) if Pc.shape[1]
+              else np.zeros((0, Y.shape[1])))
+    neutral = {g: (y_mean[g] - a_mean[g] @ basis - p_mean[g] @ pose_w).reshape(N_LANDMARKS, 2) for g in y_mean}
+    return Fit(basis=basis.reshape(N_AUS, N_LANDMARKS, 2), pose_terms=pose_w.reshape(-1, N_LANDMARKS, 2),
+               neutral=neutral)
+
+
 def predict(fit: Fit, aus: np.ndarray, pose: np.ndarray | None, group: np.ndarray) -> np.ndarray:
     """[N, 68, 2] face units for rows of known groups."""
     out = np.stack([fit.neutral[int(g)] for g in group]) + np.tensordot(aus, fit.basis, axes=([1], [0]))
@@ -365,6 +405,15 @@ def recentre(fit: Fit, points: np.ndarray, aus: np.ndarray, pose: np.ndarray | N
 # ---------------------------------------------------------------------------------------------
 # Held-out evaluation
 # ---------------------------------------------------------------------------------------------
+def time_rank(rows: ShapeRows) -> np.ndarray:
+    """[N] position of each row in time within its group (0, 1, ...)."""
+    rank = np.empty(len(rows), np.int64)
+    for g in np.unique(rows.group):
+        members = np.flatnonzero(rows.group == g)
+        rank[members[np.argsort(rows.time[members], kind="stable")]] = np.arange(len(members))
+    return rank
+
+
 def holdout_folds(rows: ShapeRows, config: FitConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(train indices, test indices)]; see FitConfig.holdout. Each usable row is held out exactly once."""
     n = len(rows)
@@ -374,10 +423,7 @@ def holdout_folds(rows: ShapeRows, config: FitConfig) -> list[tuple[np.ndarray, 
             raise FitInputError(f"--holdout files needs at least 2 subjects/files, got {len(groups)} "
                                 f"({', '.join(rows.groups)}); use --holdout blocks")
         return [(np.flatnonzero(rows.group != g), np.flatnonzero(rows.group == g)) for g in groups]
-    rank = np.empty(n, np.int64)     # position in time within its group
-    for g in np.unique(rows.group):
-        members = np.flatnonzero(rows.group == g)
-        rank[members[np.argsort(rows.time[members], kind="stable")]] = np.arange(len(members))
+    rank = time_rank(rows)
     block = rank // config.block_frames
     fold = block % config.folds
     folds = []
@@ -420,14 +466,16 @@ def facs_support() -> np.ndarray:
 
 def fit_mode(points: np.ndarray, aus: np.ndarray, pose: np.ndarray | None, group: np.ndarray, mode: str,
              ridge: float) -> Fit:
-    """fit_shape with the prior and support that `mode` (full / residual / local) names."""
+    """fit_shape (or fit_scaled) with the prior and support that `mode` (full / residual / local / scaled) names."""
     default = default_au_shape_model().basis
+    if mode == "scaled":
+        return fit_scaled(points, aus, pose, group, ridge, default)
     return fit_shape(points, aus, pose, group, ridge=ridge, prior=None if mode == "full" else default,
                      support=facs_support() if mode == "local" else None)
 
 
 def _candidates(config: FitConfig) -> list[tuple[str, float]]:
-    modes = ("full", "residual", "local") if config.mode == "auto" else (config.mode,)
+    modes = ("full", "residual", "local", "scaled") if config.mode == "auto" else (config.mode,)
     ridges = RIDGE_GRID if config.ridge is None else (config.ridge,)
     return [(mode, ridge) for mode in modes for ridge in ridges]
 
@@ -441,6 +489,7 @@ def evaluate(rows: ShapeRows, config: FitConfig) -> dict[str, Any]:
     for mode, ridge in candidates:
         methods[f"fit:{mode}:{ridge:g}"] = []
     expressive: list[np.ndarray] = []
+    held: list[np.ndarray] = []
     zero_neutral = {int(g): np.zeros((N_LANDMARKS, 2)) for g in np.unique(rows.group)}
     for train, test in holdout_folds(rows, config):
         pose_tr = None if rows.pose is None else rows.pose[train]
@@ -455,6 +504,7 @@ def evaluate(rows: ShapeRows, config: FitConfig) -> dict[str, Any]:
         mean_shape = np.stack([mean_points[int(g)] for g in g_te])
         delta_aus = rows.aus[test] - np.stack([mean_aus[int(g)] for g in g_te])
         expressive.append(np.abs(delta_aus).max(axis=1) >= EXPRESSIVE_AU_DELTA)
+        held.append(test)
         methods["mean_shape"].append(point_errors(mean_shape, actual))
         methods["facs_default"].append(point_errors(mean_shape + np.tensordot(delta_aus, default, axes=([1], [0])),
                                                     actual))
@@ -473,12 +523,33 @@ def evaluate(rows: ShapeRows, config: FitConfig) -> dict[str, Any]:
         errors = np.concatenate(parts)
         table[name] = {"all_rows": summarise_errors(errors, config.iod_px),
                        "expressive_rows": summarise_errors(errors[is_expressive], config.iod_px)}
+    # Per held-out block (subject, block of block_frames rows): the unit of the standard errors.
+    held_rows = np.concatenate(held)
+    block = rows.group[held_rows] * (len(rows) + 1) + time_rank(rows)[held_rows] // config.block_frames
+    row_error = {name: np.concatenate(parts).mean(axis=1) for name, parts in methods.items()}
     fit_names = [f"fit:{mode}:{ridge:g}" for mode, ridge in candidates]
-    chosen = min(fit_names, key=lambda name: table[name]["all_rows"]["face_units"]["all"])
+    best = min(fit_names, key=lambda name: table[name]["all_rows"]["face_units"]["all"])
+    standard_error = {name: _block_standard_error(row_error[name] - row_error[best], block) for name in fit_names}
+    chosen = best
+    if config.choose == "1se":
+        order = {"scaled": 0, "local": 1, "residual": 2, "full": 3}
+        conservative = sorted(fit_names, key=lambda name: (order[name.split(":")[1]], -float(name.split(":")[2])))
+        chosen = next(name for name in conservative
+                      if table[name]["all_rows"]["face_units"]["all"]
+                      <= table[best]["all_rows"]["face_units"]["all"] + standard_error[name])
+    for name in fit_names:
+        table[name]["se_of_difference_to_best"] = standard_error[name]
     _, mode, ridge = chosen.split(":")
-    return {"table": table, "chosen": {"name": chosen, "mode": mode, "ridge": float(ridge)},
+    return {"table": table, "chosen": {"name": chosen, "mode": mode, "ridge": float(ridge), "best": best,
+                                       "rule": config.choose},
             "holdout": config.holdout, "folds": len(methods["mean_shape"]),
             "expressive_rows": int(is_expressive.sum()), "held_out_rows": int(len(is_expressive))}
+
+
+def _block_standard_error(values: np.ndarray, block: np.ndarray) -> float:
+    """Standard error of the mean of per-row values, treating held-out blocks (not rows) as independent."""
+    means = np.array([values[block == b].mean() for b in np.unique(block)])
+    return float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,8 +557,12 @@ def evaluate(rows: ShapeRows, config: FitConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 def au_signal(rows: ShapeRows, basis: np.ndarray, ridge: float) -> list[dict[str, Any]]:
     """Per AU: how much the data show it (spread, active rows, centred sum of squares S and the share S/(S+ridge)
-    the data get against the prior) and how the fitted basis compares with the FACS default."""
+    the data get against the prior), how the fitted basis compares with the FACS default, and the size the data
+    give the default's own pattern (an unpenalised "scaled" fit: 1 = the default's size is right)."""
     default = default_au_shape_model().basis
+    support = facs_support()
+    scaled = fit_scaled(rows.points, rows.aus, rows.pose, rows.group, 0.0, default).basis
+    scale = [float(np.sum(scaled[a] * default[a]) / np.sum(default[a] ** 2)) for a in range(N_AUS)]
     centred = rows.aus - np.stack([_group_means(rows.aus, rows.group)[int(g)] for g in rows.group])
     out = []
     for a, name in enumerate(AU_NAMES):
@@ -500,7 +575,10 @@ def au_signal(rows: ShapeRows, basis: np.ndarray, ridge: float) -> list[dict[str
             "centred_ss": ss, "data_weight": ss / (ss + ridge) if ss + ridge > 0 else 0.0,
             "fitted_mean_shift": float(np.linalg.norm(basis[a], axis=-1).mean()),
             "default_mean_shift": float(np.linalg.norm(default[a], axis=-1).mean()),
+            # What a full-intensity single-AU edit does to the points FACS does not name for this AU.
+            "off_support_shift": float(np.linalg.norm(basis[a][~support[a]], axis=-1).mean()),
             "cosine_to_default": float(fitted @ prior / norms) if norms > 0 else float("nan"),
+            "default_scale": scale[a],
         })
     return out
 
@@ -588,14 +666,24 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     others = [(name, v["all_rows"]["face_units"]["all"]) for name, v in ev["table"].items() if name.startswith("fit:")]
-    lines.append("fit candidates (mode:ridge -> mean error, all rows): "
-                 + ", ".join(f"{name[4:]} {err:.4f}" for name, err in others))
-    lines += ["", "| AU | std | max | share >= 0.2 | centred SS | data weight | fitted shift | default shift | cos |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines.append("fit candidates (mode:ridge -> mean error, all rows, +- standard error of the difference to the "
+                 "best over held-out blocks): "
+                 + ", ".join(f"{name[4:]} {err:.4f} +-{ev['table'][name]['se_of_difference_to_best']:.4f}"
+                             for name, err in others))
+    rule = ("the most conservative within one standard error of the best" if ev["chosen"]["rule"] == "1se"
+            else "the lowest error")
+    lines.append(f"chosen: {chosen[4:]} ({rule}; lowest: {ev['chosen']['best'][4:]})")
+    lines += ["", "per AU: spread in the data (0..1 units), centred sum of squares SS and the weight S/(S+ridge) the "
+              "data get; mean point shift at full intensity (fitted, FACS default, fitted on points FACS does not "
+              "name for the AU), cosine fitted vs default, and the size an unpenalised fit of the default's own pattern "
+              "gets (1 = the default's size)", "",
+              "| AU | std | max | share >= 0.2 | centred SS | data weight | fitted shift | default shift "
+              "| fitted off-FACS shift | cos | size vs default |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report["au_signal"]:
         lines.append(f"| {s['au']} | {s['std']:.3f} | {s['max']:.2f} | {s['active_share']:.2f} | {s['centred_ss']:.2f} "
                      f"| {s['data_weight']:.2f} | {s['fitted_mean_shift']:.3f} | {s['default_mean_shift']:.3f} "
-                     f"| {s['cosine_to_default']:.2f} |")
+                     f"| {s['off_support_shift']:.3f} | {s['cosine_to_default']:.2f} | {s['default_scale']:.2f} |")
     if report["skipped_rows"]:
         lines += ["", f"skipped rows: {report['skipped_rows']}"]
     for r in report["rejected_inputs"]:

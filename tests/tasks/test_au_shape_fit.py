@@ -19,6 +19,7 @@ from tasks.au_shape_fit import (
     ShapeRows,
     evaluate,
     fit_au_shape,
+    fit_scaled,
     fit_shape,
     holdout_folds,
     load_au_shape,
@@ -118,6 +119,35 @@ def test_residual_fit_shrinks_toward_the_prior_and_local_stays_on_its_points():
     local = fit_shape(rows.points, rows.aus, rows.pose, rows.group, ridge=1e-3, prior=default, support=support)
     assert np.all(local.basis[~support] == 0.0)
     assert np.abs(local.basis - default).max() < 0.05
+
+
+def test_scaled_fit_recovers_each_aus_size_under_pose():
+    rng = np.random.default_rng(9)
+    default = default_au_shape_model().basis
+    sizes = rng.uniform(0.5, 3.0, N_AUS)
+    _, pose_terms = _known_model(rng)
+    rows = _synthetic(rng, sizes[:, None, None] * default, pose_terms, n_per_group=150, n_groups=2, noise=0.002)
+    fit = fit_scaled(rows.points, rows.aus, rows.pose, rows.group, 0.0, default)
+    found = (fit.basis * default).sum(axis=(1, 2)) / (default ** 2).sum(axis=(1, 2))
+    np.testing.assert_allclose(found, sizes, atol=0.1)
+    np.testing.assert_allclose(fit.pose_terms, pose_terms, atol=0.03)
+    pulled = fit_scaled(rows.points, rows.aus, rows.pose, rows.group, 1e6, default)
+    np.testing.assert_allclose(pulled.basis, default, atol=1e-3)   # a huge ridge keeps the default's size
+
+
+def test_one_standard_error_rule_prefers_the_conservative_model():
+    rng = np.random.default_rng(10)
+    rows = _synthetic(rng, default_au_shape_model().basis, np.zeros((3, 68, 2)), n_per_group=100, n_groups=2,
+                      noise=0.01)
+    best = evaluate(rows, FitConfig(choose="best"))
+    one_se = evaluate(rows, FitConfig(choose="1se"))
+    assert best["chosen"]["name"] == best["chosen"]["best"]
+    error = {name: v["all_rows"]["face_units"]["all"] for name, v in one_se["table"].items()}
+    assert error[best["chosen"]["name"]] == min(e for n, e in error.items() if n.startswith("fit:"))
+    # The data follow the default: the one-parameter-per-AU model is as good as any, and is chosen.
+    assert one_se["chosen"]["mode"] == "scaled" and one_se["chosen"]["ridge"] == 10.0
+    chosen = one_se["chosen"]["name"]
+    assert error[chosen] <= error[best["chosen"]["name"]] + one_se["table"][chosen]["se_of_difference_to_best"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +310,9 @@ def test_cli_writes_a_loadable_model_and_prints_the_table(tmp_path, capsys):
     rows = _synthetic(rng, *_known_model(rng, still_eyes=True), n_per_group=60, n_groups=2, noise=0.002)
     _write_csvs(tmp_path / "csv", rows)
     out = tmp_path / "models" / "au_shape.json"
-    assert main(["fit-au-shape", str(tmp_path / "csv"), "--out", str(out), "--ridge", "0.1", "--holdout", "files"]) == 0
+    report = tmp_path / "report.json"
+    assert main(["fit-au-shape", str(tmp_path / "csv"), "--out", str(out), "--ridge", "0.1", "--holdout", "files",
+                 "--report", str(report)]) == 0
     text = capsys.readouterr().out
     assert "(a) mean shape" in text and "(b) mean + FACS default" in text and "(c) fitted" in text
     assert "| AU01 |" in text and "wrote" in text
@@ -289,6 +321,8 @@ def test_cli_writes_a_loadable_model_and_prints_the_table(tmp_path, capsys):
     assert load_au_shape(out).version == model.version
     assert dict(model.info)["fit"]["rows"] == 120
     assert not list(out.parent.glob(".tmp-*"))
+    written = json.loads(report.read_text())
+    assert written["rows"] == 120 and written["evaluation"]["holdout"] == "files" and len(written["au_signal"]) == N_AUS
 
 
 @pytest.mark.parametrize("case, message", [
