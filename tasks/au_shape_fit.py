@@ -527,6 +527,9 @@ def evaluate(rows: ShapeRows, config: FitConfig) -> dict[str, Any]:
     held_rows = np.concatenate(held)
     block = rows.group[held_rows] * (len(rows) + 1) + time_rank(rows)[held_rows] // config.block_frames
     row_error = {name: np.concatenate(parts).mean(axis=1) for name, parts in methods.items()}
+    for name in methods:   # per subject: one subject's jitter or pose range can dominate the pooled mean
+        table[name]["per_subject"] = {rows.groups[int(g)]: float(row_error[name][rows.group[held_rows] == g].mean())
+                                      for g in np.unique(rows.group[held_rows])}
     fit_names = [f"fit:{mode}:{ridge:g}" for mode, ridge in candidates]
     best = min(fit_names, key=lambda name: table[name]["all_rows"]["face_units"]["all"])
     standard_error = {name: _block_standard_error(row_error[name] - row_error[best], block) for name in fit_names}
@@ -665,6 +668,16 @@ def format_report(report: dict[str, Any]) -> str:
             cells = [f"{errs['face_units'][r]:.4f} ({errs['px'][r]:.2f})" for r in regions]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
+    subjects = list(ev["table"]["mean_shape"]["per_subject"])
+    lines += ["| per subject, all rows | " + " | ".join(Path(name).name for name in subjects) + " |",
+              "|---|" + "---:|" * len(subjects)]
+    for name, value in ev["table"].items():
+        if name.startswith("fit:") and name != chosen:
+            continue
+        label = _LABELS.get(name, f"(c) fitted ({ev['chosen']['mode']}, ridge {ev['chosen']['ridge']:g})")
+        lines.append(f"| {label} | " + " | ".join(f"{value['per_subject'][k]:.4f} ({value['per_subject'][k] * iod_px:.2f})"
+                                                   for k in subjects) + " |")
+    lines.append("")
     others = [(name, v["all_rows"]["face_units"]["all"]) for name, v in ev["table"].items() if name.startswith("fit:")]
     lines.append("fit candidates (mode:ridge -> mean error, all rows, +- standard error of the difference to the "
                  "best over held-out blocks): "
