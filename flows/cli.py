@@ -178,7 +178,7 @@ def cmd_fit_au_shape(args: argparse.Namespace) -> int:
     try:
         config = FitConfig(ridge=args.ridge, mode=args.mode, pose=args.pose, holdout=args.holdout,
                            block_frames=args.block_frames, gap_frames=args.gap_frames, folds=args.folds,
-                           min_rows=args.min_rows, choose=args.choose,
+                           min_rows=args.min_rows, choose=args.choose, subjects=args.subjects,
                            **({"min_confidence": args.min_au_confidence} if args.min_au_confidence is not None else {}))
         result = fit_au_shape(args.inputs, config)
     except (FitInputError, ValueError) as exc:
@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pose", default="linear", choices=["linear", "none"], help="head-pose covariates")
     p.add_argument("--holdout", default="blocks", choices=["blocks", "files"],
                    help="blocks: contiguous time blocks per subject; files: leave one subject/file out")
+    p.add_argument("--subjects", default="auto", choices=["auto", "file", "pooled"],
+                   help="own neutral shape per CSV/face (file), one for all (pooled), or per CSV with >= 10 rows "
+                        "and one shared by the smaller (auto: videos vs single-image CSVs)")
     p.add_argument("--block-frames", type=int, default=25, help="rows per held-out block (time order)")
     p.add_argument("--gap-frames", type=int, default=3, help="rows dropped from training each side of a held-out block")
     p.add_argument("--folds", type=int, default=5)

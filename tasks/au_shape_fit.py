@@ -58,6 +58,11 @@ class FitConfig:
                   round robin; training drops gap_frames rows each side of a held-out block (neighbouring
                   frames are near copies). "files": leave one subject/file out; the held-out subject's neutral
                   shape is its own mean (the editor always knows the face it edits).
+    subjects:     who gets an own neutral shape. "file": each CSV (each face_id of a multi-face file);
+                  "pooled": one for all rows; "auto": each file/face with at least min_subject_rows rows (a
+                  video of one person), and one shared by all smaller ones (single-image CSVs, e.g. one
+                  FaceLandmarkImg file per RAF-DB photo: one row cannot tell a neutral shape from an AU).
+                  A prepared manifest's rows are always one pooled group (it records no subject).
     iod_px:       the inter-ocular distance used to report errors in pixels (about 31 px in a 128 px crop).
     choose:       "best": the candidate with the lowest held-out error; "1se": the most conservative candidate
                   (scaled, local, residual, full; larger ridge first) whose error is within one standard
@@ -74,6 +79,8 @@ class FitConfig:
     folds: int = 5
     min_confidence: float = openface.OpenFaceConfig().min_confidence
     min_rows: int = 40
+    subjects: Literal["auto", "file", "pooled"] = "auto"
+    min_subject_rows: int = 10
     iod_px: float = 31.0
     choose: Literal["1se", "best"] = "1se"
 
@@ -90,6 +97,8 @@ class FitConfig:
             raise ValueError("block_frames >= 1, gap_frames >= 0 and folds >= 2 are needed")
         if self.choose not in ("1se", "best"):
             raise ValueError(f"choose must be 1se or best, got {self.choose!r}")
+        if self.subjects not in ("auto", "file", "pooled"):
+            raise ValueError(f"subjects must be auto, file or pooled, got {self.subjects!r}")
         if self.min_rows < 2:
             raise ValueError(f"min_rows must be >= 2, got {self.min_rows}")
 
@@ -290,6 +299,7 @@ def load_rows(sources: list[str | Path], config: FitConfig) -> ShapeRows:
         why = "; ".join(f"{r['source_id']}: {r['reason']} ({r['detail']})" for r in rejected[:3])
         raise FitInputError(f"{n} usable row(s), need at least {config.min_rows}"
                             + (f"; skipped rows: {skipped}" if skipped else "") + (f"; {why}" if why else ""))
+    parts = _subjects(parts, config)
     use_pose = config.pose == "linear" and all_pose
     return ShapeRows(
         points=np.concatenate([np.stack(face["points"]) for _, face in parts]),
@@ -299,6 +309,19 @@ def load_rows(sources: list[str | Path], config: FitConfig) -> ShapeRows:
         time=np.concatenate([np.asarray(face["time"], np.float64) for _, face in parts]),
         groups=[name for name, _ in parts], inputs=inputs, skipped=skipped, rejected=rejected,
     )
+
+
+def _subjects(parts: list[tuple[str, dict[str, list]]], config: FitConfig) -> list[tuple[str, dict[str, list]]]:
+    """The groups that get their own neutral shape (see FitConfig.subjects); pooled rows are ordered by input."""
+    if config.subjects == "file":
+        return parts
+    small = parts if config.subjects == "pooled" else [p for p in parts if len(p[1]["aus"]) < config.min_subject_rows]
+    if len(small) <= 1:
+        return parts
+    kept = [p for p in parts if p not in small]
+    pooled: dict[str, list] = {key: [x for _, face in small for x in face[key]] for key in ("points", "aus", "pose")}
+    pooled["time"] = list(range(len(pooled["aus"])))
+    return kept + [(f"pooled: {len(small)} inputs", pooled)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -247,6 +247,28 @@ def test_untrusted_rows_are_skipped_and_a_cut_off_last_line_is_tolerated(tmp_pat
     assert "cut off" in read["note"]
 
 
+def test_single_image_csvs_share_one_neutral_shape(tmp_path):
+    rng = np.random.default_rng(11)
+    basis, _ = _known_model(rng, still_eyes=True)
+    rows = _synthetic(rng, basis, np.zeros((3, 68, 2)), n_per_group=1, n_groups=80, noise=0.002)
+    for g in range(80):   # one FaceLandmarkImg-style CSV per photo, 80 people with slightly different faces
+        write_openface_csv(tmp_path / f"img{g:03d}.csv",
+                           [OpenFaceRow(aus=rows.aus[g] * AU_INTENSITY_MAX, landmarks68=100 + 40 * rows.points[g])],
+                           variant="landmark_img")
+    pooled = load_rows([tmp_path], FitConfig())
+    assert pooled.groups == ["pooled: 80 inputs"] and len(pooled) == 80 and pooled.pose is not None
+    per_file = load_rows([tmp_path], FitConfig(subjects="file"))
+    assert len(per_file.groups) == 80
+    with pytest.raises(FitInputError, match="no held-out fold"):
+        fit_au_shape([tmp_path], FitConfig(subjects="file"))
+    result = fit_au_shape([tmp_path], FitConfig(ridge=1e-3, mode="full", pose="none"))
+    table = result.report["evaluation"]["table"]
+    fitted = table[result.report["evaluation"]["chosen"]["name"]]["all_rows"]["face_units"]["all"]
+    # Each person's own face differs by about 0.02 IOD per point (mean distance 0.02 * sqrt(pi / 2) = 0.025): the
+    # fit cannot go below that floor, but gets close to it, well under the mean shape's error.
+    assert fitted < 1.1 * 0.02 * np.sqrt(np.pi / 2) and fitted < 0.7 * table["mean_shape"]["all_rows"]["face_units"]["all"]
+
+
 def _manifest(tmp_path: Path, rows: ShapeRows, monkeypatch, with_landmarks: bool = True) -> Path:
     """A hand-made prepared output: one original per row, landmarks in 128 px crop pixels."""
     import pyarrow as pa
