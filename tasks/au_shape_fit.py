@@ -125,9 +125,8 @@ class ShapeRows:
         return len(self.aus)
 
 
-def _skip(counts: dict[str, int], reason: str, n: int = 1) -> None:
-    if n:
-        counts[reason] = counts.get(reason, 0) + n
+def _skip(counts: dict[str, int], reason: str) -> None:
+    counts[reason] = counts.get(reason, 0) + 1
 
 
 def _to_face(points_px: np.ndarray) -> np.ndarray | None:
