@@ -1,4 +1,4 @@
-"""`singanimation`: the command line over the flows (prepare, verify, inspect-au, demo)."""
+"""`singanimation`: the command line over the flows (prepare, verify, inspect-au, fit-au-shape, demo)."""
 from __future__ import annotations
 
 import argparse
@@ -173,6 +173,29 @@ def cmd_evaluate_fer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_au_shape(args: argparse.Namespace) -> int:
+    from tasks.au_shape_fit import FitConfig, FitInputError, fit_au_shape, format_report, save_au_shape
+
+    try:
+        config = FitConfig(ridge=args.ridge, mode=args.mode, pose=args.pose, holdout=args.holdout,
+                           block_frames=args.block_frames, gap_frames=args.gap_frames, folds=args.folds,
+                           min_rows=args.min_rows, choose=args.choose, subjects=args.subjects,
+                           **({"min_confidence": args.min_au_confidence} if args.min_au_confidence is not None else {}))
+        result = fit_au_shape(args.inputs, config)
+    except (FitInputError, ValueError) as exc:
+        print(f"singanimation fit-au-shape: error: {exc}", file=sys.stderr)
+        return 2
+    path = save_au_shape(result.model, args.out)
+    if args.report:
+        from manifests.atomic import atomic_write_text
+
+        atomic_write_text(json.dumps(result.report, indent=1, sort_keys=True) + "\n", args.report)
+    print(format_report(result.report))
+    print(f"\nwrote {path} (model {result.model.version}, {result.report['rows']} rows, "
+          f"{result.report['evaluation']['chosen']['mode']} fit, ridge {result.report['evaluation']['chosen']['ridge']:g})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
@@ -314,6 +337,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced", action="store_true", help="class-balanced sampling")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_evaluate_fer)
+
+    p = sub.add_parser("fit-au-shape", help="fit how each AU moves the 68 landmarks from OpenFace CSVs or a prepared output",
+                       description="Fits the linear AU -> landmark displacement model (neutral shape per subject + AU "
+                                   "basis + head-pose terms, ridge least squares) from OpenFace output with landmarks, "
+                                   "prints held-out errors of the mean shape, the FACS default and the fit, and writes "
+                                   "the model JSON (for expand --au-shape). Exit 2 when the input cannot give a fit.")
+    p.add_argument("inputs", nargs="+", metavar="PREPARED_OR_CSV_DIR",
+                   help="prepared output root (manifest with landmarks), folder of OpenFace CSVs, or CSV files")
+    p.add_argument("--out", required=True, help="model JSON to write (atomically)")
+    p.add_argument("--report", help="also write the full held-out report (every candidate, per AU) as JSON here")
+    p.add_argument("--ridge", type=float, default=None, help="penalty on the AU basis (default: chosen by held-out error)")
+    p.add_argument("--mode", default="auto", choices=["auto", "full", "residual", "local", "scaled"],
+                   help="full: basis from data; residual: shrink toward the FACS default; local: residual on the "
+                        "points FACS names per AU only; scaled: the default's pattern, one fitted size per AU; "
+                        "auto: all four, chosen held out")
+    p.add_argument("--choose", default="1se", choices=["1se", "best"],
+                   help="1se: the most conservative candidate within one standard error of the lowest held-out "
+                        "error; best: the lowest")
+    p.add_argument("--pose", default="linear", choices=["linear", "none"], help="head-pose covariates")
+    p.add_argument("--holdout", default="blocks", choices=["blocks", "files"],
+                   help="blocks: contiguous time blocks per subject; files: leave one subject/file out")
+    p.add_argument("--subjects", default="auto", choices=["auto", "file", "pooled"],
+                   help="own neutral shape per CSV/face (file), one for all (pooled), or per CSV with >= 10 rows "
+                        "and one shared by the smaller (auto: videos vs single-image CSVs)")
+    p.add_argument("--block-frames", type=int, default=25, help="rows per held-out block (time order)")
+    p.add_argument("--gap-frames", type=int, default=3, help="rows dropped from training each side of a held-out block")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--min-rows", type=int, default=40, help="fewer usable rows than this: exit 2")
+    p.add_argument("--min-au-confidence", type=float, default=None, help="OpenFace rows below this confidence are skipped")
+    p.set_defaults(func=cmd_fit_au_shape)
 
     p = sub.add_parser("demo", help="build the bundled sample dataset and run the pipeline on it",
                        description="Writes a small dataset from the real faces shipped in scikit-image and matplotlib "

@@ -178,6 +178,7 @@ class _Table:
     rows: list[list[str]]   # cells, already stripped; every row has len(columns) cells
     lines: list[int]        # 1-based line of each row in the file
     index: dict[str, int] = field(repr=False)
+    note: str = ""          # what was tolerated while reading (a cut-off last line), for the reading's detail
 
     def has(self, name: str) -> bool:
         return name in self.index
@@ -239,6 +240,12 @@ def _load_table(path: str | Path) -> _Table:
 
     n_columns = len(header)
     rows, lines = [], []
+    note = ""
+    last_line, last_cells = parsed[-1]
+    if len(parsed) > 2 and not data.endswith(b"\n") and len(last_cells) < n_columns:
+        # A file cut off mid-write (no final newline) ends in a partial row: drop that row, keep the rest.
+        parsed = parsed[:-1]
+        note = f"; line {last_line} was cut off ({len(last_cells)} of {n_columns} fields, no final newline) and skipped"
     for line, cells in parsed[1:]:
         if len(cells) > n_columns and not any(cells[n_columns:]):
             cells = cells[:n_columns]  # trailing separator(s)
@@ -246,7 +253,7 @@ def _load_table(path: str | Path) -> _Table:
             raise _reject("au_file_malformed", f"{path} line {line}: {len(cells)} fields, header has {n_columns}")
         rows.append(cells)
         lines.append(line)
-    return _Table(str(path), tuple(header), rows, lines, {name: j for j, name in enumerate(header)})
+    return _Table(str(path), tuple(header), rows, lines, {name: j for j, name in enumerate(header)}, note)
 
 
 def _parse_cell(text: str) -> float | None:
