@@ -642,26 +642,6 @@ def save_au_shape(model: AUShapeModel, path: str | Path) -> Path:
     return atomic_write_text(json.dumps(model.to_json(), sort_keys=True, indent=1) + "\n", path)
 
 
-def load_au_shape(path: str | Path) -> AUShapeModel:
-    """An AU shape model file (fit-au-shape output, or any AUShapeModel.to_json) -> AUShapeModel.
-
-    FileNotFoundError when absent; ValueError naming the file when it is not a readable model.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such AU shape model file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not an AU shape model (not JSON: {err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not an AU shape model (JSON {type(data).__name__}, expected an object)")
-    try:
-        return AUShapeModel.from_json(data)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from None
-
-
 # ---------------------------------------------------------------------------------------------
 # The printed table
 # ---------------------------------------------------------------------------------------------

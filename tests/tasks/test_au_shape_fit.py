@@ -11,6 +11,7 @@ import pytest
 from flows.cli import main
 from manifests.schema import AU_INTENSITY_MAX, N_AUS
 from models.au_shape import AUShapeModel, default_au_shape_model
+from tasks.au_shape import load_au_shape
 from tasks.au_shape_fit import (
     POSE_COLUMNS,
     REGIONS,
@@ -22,7 +23,6 @@ from tasks.au_shape_fit import (
     fit_scaled,
     fit_shape,
     holdout_folds,
-    load_au_shape,
     load_rows,
     read_openface_rows,
     save_au_shape,
