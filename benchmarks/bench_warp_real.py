@@ -1,6 +1,6 @@
 """Does the warp editor move real faces the way FACS says? An independent 68-point detector re-run on the edits.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_warp_real --out benchmarks/results   # ~2 min on 1 core
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_warp_real --out benchmarks/results   # ~1 min on 1 core
 
 Faces: the package photos (astronaut, Grace Hopper; flipped / rotated copies are reported as augmentations only)
 and one CK+48 face per subject from ../shared/data/ck48 (48 px grayscale, upscaled to 128 px, padded and run
