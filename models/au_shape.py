@@ -70,7 +70,7 @@ ORDERED_PAIRS: tuple[tuple[int, int], ...] = (
 # | AU23 | lip tightener        | corners in 0.05, red of the lips narrowed 0.02 above and below         | lip rolling / bulge above the lip |
 # | AU25 | lips part            | lower lip down 0.10, upper inner lip up 0.02 (mouth interior filled)   | teeth and tongue are drawn, not seen |
 # | AU26 | jaw drop             | chin down 0.28, lower lip down 0.24, corners down 0.09 and in 0.04     | - |
-# | AU45 | blink                | upper lids down 0.17 (onto the lower lid), lower lids up 0.01          | lashes meeting |
+# | AU45 | blink                | upper lids down 0.17 (onto the lower lid), lower lids up 0.03          | lashes meeting |
 # ---------------------------------------------------------------------------------------------------------
 FACS_DEFAULT: dict[str, dict[int, tuple[float, float]]] = {
     "AU01": {21: (-0.02, -0.17), 20: (-0.01, -0.12), 19: (0.0, -0.07), 18: (0.0, -0.03), 17: (0.0, -0.01)},
@@ -104,7 +104,7 @@ FACS_DEFAULT: dict[str, dict[int, tuple[float, float]]] = {
     "AU26": {8: (0.0, 0.28), 7: (-0.01, 0.26), 6: (-0.01, 0.21), 5: (-0.015, 0.14), 4: (-0.01, 0.08),
              3: (0.0, 0.03), 2: (0.0, 0.01), 57: (0.0, 0.24), 58: (-0.01, 0.23), 59: (-0.02, 0.17),
              66: (0.0, 0.24), 67: (-0.02, 0.2), 48: (-0.04, 0.09), 60: (-0.04, 0.09)},
-    "AU45": {37: (0.0, 0.17), 38: (0.0, 0.17), 40: (0.0, -0.01), 41: (0.0, -0.01)},
+    "AU45": {37: (0.0, 0.17), 38: (0.0, 0.17), 40: (0.0, -0.03), 41: (0.0, -0.03)},
 }
 
 
