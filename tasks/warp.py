@@ -74,15 +74,25 @@ def border_anchors(size_px: int, outside_px: float = 0.0) -> np.ndarray:
     return np.unique(np.asarray(ring, np.float64), axis=0)
 
 
-def _separate_met_pairs(points: np.ndarray) -> np.ndarray:
-    """Lids / lips that meet in the target are kept _MIN_VERTEX_GAP_PX apart (upper above), so the triangulation
-    keeps an (empty) seam between them and each side warps its own skin."""
+_LID_PAIRS = frozenset(ORDERED_PAIRS[:4])
+# Lips that touch are given this much of a seam in the source and the target, so the triangles that span them
+# have an area on both sides and a mouth that opens maps a thin source band onto the opening (painted over).
+_LIP_SEAM_PX = 1.0
+# A pair crossed by more than this in the source (detector noise) is left as it is, in source and target alike.
+_CROSSED_PX = 0.5
+
+
+def _open_seams(points: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Lids / lips that meet are kept a seam apart (upper above), so the triangulation keeps an (empty) seam
+    between them and each side warps its own skin; pairs the source already has crossed are not touched."""
     out = points.copy()
     for upper, lower in ORDERED_PAIRS:
-        gap = out[lower, 1] - out[upper, 1]
-        if gap < _MIN_VERTEX_GAP_PX:
+        if source[upper, 1] > source[lower, 1] + _CROSSED_PX:
+            continue
+        seam = _MIN_VERTEX_GAP_PX if (upper, lower) in _LID_PAIRS else _LIP_SEAM_PX
+        if out[lower, 1] - out[upper, 1] < seam:
             mid = 0.5 * (out[upper, 1] + out[lower, 1])
-            out[upper, 1], out[lower, 1] = mid - 0.5 * _MIN_VERTEX_GAP_PX, mid + 0.5 * _MIN_VERTEX_GAP_PX
+            out[upper, 1], out[lower, 1] = mid - 0.5 * seam, mid + 0.5 * seam
     return out
 
 
@@ -100,7 +110,7 @@ class _Mesh:
 def _mesh(src: np.ndarray, dst: np.ndarray, size_px: int) -> _Mesh:
     beyond = max(0.0, float(-np.min(dst) - 0.5), float(np.max(dst) - (size_px - 0.5)))
     anchors = border_anchors(size_px, outside_px=2.0 + 2.0 * beyond if beyond > 0 else 0.0)
-    dst = _separate_met_pairs(dst)
+    src, dst = _open_seams(src, src), _open_seams(dst, src)
     # Points that land on top of an earlier one (closer than the gap) carry no extra information: leave them out.
     close = np.hypot(*(dst[:, None, :] - dst[None, :, :]).transpose(2, 0, 1)) < _MIN_VERTEX_GAP_PX * 0.5
     keep = [i for i in range(len(dst)) if not close[i, :i].any()]
