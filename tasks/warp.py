@@ -231,9 +231,17 @@ def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region:
     tooth_height = np.minimum(0.4 * opening, 0.1 * iod) * (1.0 - across ** 4)
     below_lip = ys - upper_y
     teeth = np.clip(np.minimum(below_lip + 0.5, tooth_height - below_lip + 0.5), 0.0, 1.0) * (opening > 0.12 * iod)
-    tooth_colour = np.array([228.0, 222.0, 205.0]) if not gray else np.full(3, 222.0)
-    tooth_colour = tooth_colour * brightness
-    teeth_colours = tooth_colour[None, None, :] * (1.0 - 0.45 * across[..., None] ** 2)
+    # Off-white, no brighter than the face's own light, in the shadow of the upper lip at the top, darker toward
+    # the corners and the biting edge, with faint gaps between incisor-wide teeth (about 0.11 IOD).
+    face_light = float(np.percentile(image.reshape(-1, 3).mean(-1), 90))
+    tooth_colour = (np.array([222.0, 214.0, 196.0]) if not gray else np.full(3, 214.0)) * min(1.0, face_light / 230.0)
+    depth = np.clip(below_lip / np.maximum(tooth_height, 1e-6), 0.0, 1.0)             # 0 at the lip, 1 at the edge
+    vertical = 0.82 + 0.18 * np.sin(np.pi * np.clip(0.15 + 0.85 * depth, 0.0, 1.0))
+    tooth_width = 0.11 * iod
+    gap = np.abs(((xs - centre_x) / tooth_width + 0.5) % 1.0 - 0.5) * tooth_width     # px to the nearest tooth gap
+    gaps = 1.0 - 0.22 * np.clip(1.0 - gap / 0.6, 0.0, 1.0)
+    shade_teeth = (1.0 - 0.5 * across ** 2) * vertical * gaps
+    teeth_colours = tooth_colour[None, None, :] * shade_teeth[..., None]
     colours = colours * (1.0 - teeth[..., None]) + teeth_colours * teeth[..., None]
     if gray:
         colours = np.repeat(colours.mean(-1, keepdims=True), 3, axis=-1)
