@@ -105,6 +105,9 @@ def load_original_rows(prepared: str | os.PathLike) -> list[dict]:
     rows = [r for r in table.to_pylist() if r["stage"] == "original"]
     if not rows:
         raise FileNotFoundError(f"{prepared} holds no prepared originals (run `singanimation prepare` first)")
+    for row in rows:
+        if row["landmark_source"] is None:  # prepared before the landmark columns existed: it has none
+            row["landmark_source"] = "none"
     return sorted(rows, key=lambda r: (r["split"], r["source_id"]))
 
 
@@ -142,7 +145,8 @@ class _Item:
 
 
 def _base_row(source: dict, job: ExpandJob, versions: str) -> dict:
-    keep = ("split", "source_id", "source_sha256", "au_source")
+    # The source's landmarks ride along unchanged (an edit moves the face, so they describe the source).
+    keep = ("split", "source_id", "source_sha256", "au_source", "landmarks", "landmark_source")
     return {**{k: source[k] for k in keep}, "alpha": None, "singan_start_scale": None, "singan_sample": None,
             "model_versions": versions, "run_id": job.run_id}
 

@@ -16,7 +16,7 @@ from tasks.errors import RejectError
 
 __all__ = [
     "LANDMARK_SOURCES", "N_LANDMARKS", "LandmarkDetector", "check_landmarks", "default_predictor_path",
-    "flatten_landmarks", "landmarks_to_crop", "unflatten_landmarks",
+    "flatten_landmarks", "landmarks_to_crop", "landmarks_to_source", "unflatten_landmarks",
 ]
 
 STAGE = "landmarks"
@@ -225,6 +225,14 @@ def landmarks_to_crop(points_src: np.ndarray, transform: np.ndarray) -> np.ndarr
     if points.shape[-1] != 2:
         raise ValueError(f"points must be [..., 2] (x, y), got {points.shape}")
     return (points @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+
+
+def landmarks_to_source(points_crop: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """The inverse of landmarks_to_crop: crop points [..., 2] back to source-image pixels."""
+    matrix = np.asarray(transform, dtype=np.float64)
+    if matrix.shape != (2, 3):
+        raise ValueError(f"transform must be [2, 3], got {matrix.shape}")
+    return landmarks_to_crop(points_crop, cv2.invertAffineTransform(matrix))
 
 
 def flatten_landmarks(points: np.ndarray | None) -> list[float] | None:

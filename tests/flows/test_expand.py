@@ -63,6 +63,11 @@ def test_expand_counts_provenance_and_read_back(expanded):
         parents = [e for e in edits if e["source_id"] == g["source_id"] and e["au_target"] == g["au_target"]]
         assert len(parents) == 1 and parents[0]["label"] == g["label"]
     assert len({r["sample_id"] for r in rows}) == len(rows)
+    # Every edited / regenerated row carries its source's landmarks unchanged (for now: the edit is not warped).
+    source_points = {r["source_id"]: (r["landmarks"], r["landmark_source"]) for r in by("train", "original")}
+    assert all(len(points) == 136 and kind == "openface" for points, kind in source_points.values())
+    for r in edits + regens:
+        assert (r["landmarks"], r["landmark_source"]) == source_points[r["source_id"]]
     data = ManifestDataset(out, split="train", stage="singan")
     image, label, aus, row = data[0]
     assert image.shape == (3, SIZE_PX, SIZE_PX) and label == row["label"] and torch.isfinite(aus).all()

@@ -1,0 +1,142 @@
+"""68-point landmarks: the detector on real aligned faces, the checks' reject reasons, mapping through the alignment."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tasks.align import AlignConfig, FaceAligner
+from tasks.errors import RejectError
+from tasks.landmarks import (
+    N_LANDMARKS,
+    LandmarkDetector,
+    check_landmarks,
+    default_predictor_path,
+    flatten_landmarks,
+    landmarks_to_crop,
+    landmarks_to_source,
+    unflatten_landmarks,
+)
+from tasks.openface import landmarks5_from_68, synthetic_landmarks68
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return LandmarkDetector()
+
+
+@pytest.fixture(scope="module")
+def aligned(astronaut_rgb, grace_hopper_rgb):
+    """{size: [astronaut, grace hopper] AlignedFace} at three crop sizes."""
+    return {size: FaceAligner(AlignConfig(image_size_px=size), device="cpu").align([astronaut_rgb, grace_hopper_rgb])
+            for size in (64, 128, 256)}
+
+
+def test_default_predictor_path_is_the_packaged_model():
+    path = default_predictor_path()
+    assert path.name == "shape_predictor_68_face_landmarks.dat" and path.stat().st_size > 90e6
+
+
+def test_missing_model_package_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="face-recognition-models"):
+        default_predictor_path()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        LandmarkDetector(predictor_path="/nonexistent/sp68.dat")
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_detector_on_real_faces_agrees_with_the_aligner(detector, aligned, size):
+    """The 68 points' eye centres, nose tip and mouth corners land where MTCNN put its five points
+    (measured: at most 2.3 px at 128 px on these two photos)."""
+    for face in aligned[size]:
+        points = detector.detect(face.crop)
+        assert points.shape == (N_LANDMARKS, 2) and points.dtype == np.float32
+        error_128px = np.linalg.norm(landmarks5_from_68(points) - face.landmarks5_crop, axis=1) * 128 / size
+        assert error_128px.max() < 3.5, error_128px
+        check_landmarks(points, size)  # a real face passes every check
+        # The iBUG layout: brows above eyes above the nose tip above the mouth above the chin.
+        y = lambda group: points[group, 1].mean()  # noqa: E731
+        assert y(slice(17, 27)) < y(slice(36, 48)) < points[30, 1] < y(slice(48, 68)) < points[8, 1]
+        assert points[36, 0] < points[39, 0] < points[42, 0] < points[45, 0]  # image-left eye first
+
+
+def test_detect_batch_and_one_model_per_process(detector, aligned):
+    import tasks.landmarks as lm
+
+    crops = [face.crop for face in aligned[128]]
+    batch = detector.detect_batch(crops)
+    for crop, points in zip(crops, batch):
+        np.testing.assert_array_equal(points, detector.detect(crop))
+    LandmarkDetector().detect(crops[0])
+    assert len(lm._PREDICTORS) == 1
+
+
+def test_detector_refuses_non_crops(detector):
+    with pytest.raises(ValueError, match="uint8"):
+        detector.detect(np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match="square"):
+        detector.detect(np.zeros((64, 80, 3), np.uint8))
+
+
+def _face(size_px: int = 128) -> np.ndarray:
+    return synthetic_landmarks68((size_px / 2, size_px * 0.42), 0.25 * size_px).astype(np.float32)
+
+
+def test_check_landmarks_accepts_a_face_and_the_flat_manifest_layout():
+    points = _face()
+    np.testing.assert_array_equal(check_landmarks(points, 128), points)
+    np.testing.assert_array_equal(check_landmarks(flatten_landmarks(points), 128), points)
+    np.testing.assert_array_equal(unflatten_landmarks(flatten_landmarks(points)), points)
+    assert flatten_landmarks(None) is None and unflatten_landmarks(None) is None
+    jaw_past_edge = points.copy()
+    jaw_past_edge[8, 1] = 128 + 10  # the chin 10 px below a tight crop: within the jaw tolerance (19.2 px)
+    check_landmarks(jaw_past_edge, 128)
+
+
+@pytest.mark.parametrize("make, reason, detail", [
+    (lambda p: None, "landmarks_missing", "no landmarks"),
+    (lambda p: p[:60], "landmarks_missing", "shape"),
+    (lambda p: np.where(np.arange(68)[:, None] == 40, np.nan, p), "landmarks_missing", "point 40"),
+    (lambda p: p + [0.0, 100.0], "landmarks_off_crop", "outside the 128 px crop"),
+    (lambda p: np.where(np.arange(68)[:, None] == 51, [64.0, -9.0], p), "landmarks_off_crop", "point 51"),
+    (lambda p: np.where(np.arange(68)[:, None] == 8, [64.0, 160.0], p), "landmarks_off_crop", "point 8 (jaw)"),
+    (lambda p: np.stack([p[:, 0], np.full(68, 60.0)], axis=1), "landmarks_degenerate", "collinear"),
+    (lambda p: 64.0 + (p - p.mean(axis=0)) * 0.02, "landmarks_degenerate", "collapsed"),
+    (lambda p: np.concatenate([p[:36], np.full((12, 2), 64.0), p[48:]]), "landmarks_degenerate", "eye centres"),
+])
+def test_check_landmarks_reject_reasons(make, reason, detail):
+    with pytest.raises(RejectError) as info:
+        check_landmarks(make(_face()), 128)
+    assert info.value.stage == "landmarks" and info.value.reason == reason
+    assert detail in info.value.detail
+
+
+def test_landmarks_round_trip_through_a_known_similarity():
+    """Source points -> crop with a rotation + scale + shift -> back: exact, and distances scale as they should."""
+    angle, scale = math.radians(12.0), 0.37
+    transform = np.array([[scale * math.cos(angle), -scale * math.sin(angle), -20.5],
+                          [scale * math.sin(angle), scale * math.cos(angle), 7.25]])
+    source = synthetic_landmarks68((300.0, 250.0), 140.0)
+    crop = landmarks_to_crop(source, transform)
+    assert crop.shape == (68, 2) and crop.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(crop[45] - crop[36]), scale * np.linalg.norm(source[45] - source[36]),
+                               rtol=1e-5)
+    np.testing.assert_allclose(landmarks_to_source(crop, transform), source, atol=1e-3)
+    # The point (x, y) = (10, 0) goes to scale * (cos, sin) * 10 + shift.
+    np.testing.assert_allclose(landmarks_to_crop(np.array([[10.0, 0.0]]), transform)[0],
+                               [10 * scale * math.cos(angle) - 20.5, 10 * scale * math.sin(angle) + 7.25], rtol=1e-6)
+    with pytest.raises(ValueError, match="transform"):
+        landmarks_to_crop(source, np.eye(3))
+
+
+def test_detector_points_survive_the_round_trip_through_the_photo(detector, aligned, astronaut_rgb):
+    """Crop points mapped back into the photo and through the aligner's transform land where they started."""
+    face = aligned[128][0]
+    points = detector.detect(face.crop)
+    in_photo = landmarks_to_source(points, face.transform)
+    assert (in_photo[:, 0] > 0).all() and (in_photo[:, 0] < astronaut_rgb.shape[1]).all()
+    np.testing.assert_allclose(landmarks_to_crop(in_photo, face.transform), points, atol=1e-3)
