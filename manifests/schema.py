@@ -75,7 +75,7 @@ MANIFEST_SCHEMA = pa.schema([
 
 REJECTS_SCHEMA = pa.schema([
     ("source_id", pa.string()),
-    ("stage", pa.string()),    # ingest / align / openface / ganimation / singan / write / quality
+    ("stage", pa.string()),    # ingest / align / openface / landmarks / ganimation / singan / write / quality
     ("reason", pa.string()),   # short machine-readable code, e.g. "no_face", "corrupt_image"
     ("detail", pa.string()),   # the human-readable specifics
 ])
