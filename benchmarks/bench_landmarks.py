@@ -10,7 +10,9 @@
 3. Speed: detect() per face (one thread): median and p90 wall time, and CPU time.
 4. Jitter: the points on the crop vs. on the crop re-encoded as JPEG q90 or blurred (Gaussian
    sigma 0.5 px): median and max distance per point group.
-5. Fixed box vs. detector box: how far the points move when the predictor gets dlib's box instead.
+5. Fixed box vs. detector box: how far the points move when the predictor gets dlib's box instead
+   (each crop's calibrated box, and face_box="find" as used for align="none" crops), and the
+   speed of "find".
 """
 from __future__ import annotations
 
@@ -151,6 +153,24 @@ def main() -> None:
     print(f"detect: median {per_face_ms:.2f} ms wall, p90 {np.percentile(wall_ms, 90):.2f} ms, {cpu_ms:.2f} ms CPU "
           f"per {args.size} px face (one thread, upscale {detector.upscale}, {len(wall_ms)} calls)")
 
+    # face_box="find" (align none): dlib's HOG detector finds the box first.
+    finder = LandmarkDetector(face_box="find", **kwargs)
+    cpu0 = time.process_time()
+    found = [finder.detect(c) for _, c in crops]
+    find_cpu_ms = (time.process_time() - cpu0) / len(crops) * 1000
+    find_vs_fixed = np.stack([np.linalg.norm(f - detector.detect(c), axis=1) for f, (_, c) in zip(found, crops)])
+    print(f"detect with face_box='find': {find_cpu_ms:.2f} ms CPU per face; vs the fixed box: "
+          f"median {np.median(find_vs_fixed):.2f} px, mean {find_vs_fixed.mean():.2f}, max {find_vs_fixed.max():.2f}")
+
+    # Pre-aligned crops framed their own way (CK+48 as it comes, upsampled, not aligned by us):
+    # the fixed box vs. the box dlib's detector finds, mean distance per face.
+    raw_vs_find = []
+    if args.ck48 is not None:
+        for _, crop in ck48_faces(args.ck48, args.n_ck48):
+            raw_vs_find.append(float(np.linalg.norm(detector.detect(crop) - finder.detect(crop), axis=1).mean()))
+        print(f"unaligned CK+48 crops, fixed box vs found box, mean px per face: min {min(raw_vs_find):.2f}, "
+              f"median {np.median(raw_vs_find):.2f}, max {max(raw_vs_find):.2f} ({len(raw_vs_find)} faces)")
+
     # Fixed box vs. dlib's own box on the same crop.
     own = []
     for name, crop in crops:
@@ -182,6 +202,10 @@ def main() -> None:
             "detect_ms_per_face_wall_median": round(per_face_ms, 3),
             "detect_ms_per_face_wall_p90": round(float(np.percentile(wall_ms, 90)), 3),
             "detect_ms_per_face_cpu": round(cpu_ms, 3), "upscale": detector.upscale,
+            "find_box_ms_per_face_cpu": round(find_cpu_ms, 3),
+            "unaligned_ck48_fixed_vs_found_box_mean_px_per_face": [round(v, 3) for v in raw_vs_find],
+            "find_vs_fixed_box_px": {"median": round(float(np.median(find_vs_fixed)), 3),
+                                     "mean": round(float(find_vs_fixed.mean()), 3), "max": round(float(find_vs_fixed.max()), 3)},
             "fixed_vs_dlib_box_px": {"median": round(float(np.median(own)), 3), "mean": round(float(own.mean()), 3),
                                      "max": round(float(own.max()), 3)},
             "template5_error_px_median": np.median(err5, axis=0).round(3).tolist(),

@@ -7,6 +7,7 @@ import importlib.util
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -15,7 +16,7 @@ from manifests.schema import LANDMARK_SOURCES, N_LANDMARKS
 from tasks.errors import RejectError
 
 __all__ = [
-    "LANDMARK_SOURCES", "N_LANDMARKS", "LandmarkDetector", "check_landmarks", "default_predictor_path",
+    "LANDMARK_SOURCES", "N_LANDMARKS", "LandmarkDetector", "aligned_box_frac", "check_landmarks", "default_predictor_path",
     "flatten_landmarks", "landmarks_to_crop", "landmarks_to_source", "unflatten_landmarks",
 ]
 
@@ -40,13 +41,18 @@ PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 # pyramid (its boxes are quantised to 6/5 steps) and averaged: found in 42 of 42 faces; the median
 # box per edge is below, IQR 0.033..0.054 of the side (astronaut 0.218, 0.342, 0.781, 0.904; Grace
 # Hopper 0.198, 0.330, 0.797, 0.928). The points barely depend on it: the fixed box vs. each face's
-# own detector box moves the 68 points by 0.34 px on average (see docs/landmarks.md).
+# own detector box moves the 68 points by 0.35 px on average (see docs/landmarks.md).
 FACE_BOX_FRAC: tuple[float, float, float, float] = (0.231, 0.312, 0.777, 0.850)
+
+# face_box="find" (crops whose framing is unknown: pre-aligned datasets, align="none") runs dlib's
+# HOG face detector on the crop resized to this side, where faces that fill most of the crop are
+# well above the detector's 80 px window; when it finds none, once more enlarged 2x.
+FIND_SIDE_PX = 256
 
 # The crop is scaled by this before prediction: dlib returns integer pixel coordinates, so at 1x a
 # point is quantised to whole pixels, at 4x to quarter pixels of the crop (the predictor's cost does
 # not grow with the image, only the resize's does). Measured on the 42 faces above, jitter under JPEG
-# q90 re-encoding (mean / max px over all points): 1x 0.37 / 4.0, 2x 0.25 / 2.0, 4x 0.21 / 1.6.
+# q90 re-encoding (mean / max px over all points): 1x 0.34 / 2.24, 2x 0.25 / 1.80, 4x 0.20 / 2.31.
 DETECT_UPSCALE = 4
 
 # check_landmarks: how far points may lie outside the crop [-0.5, side - 0.5], as a fraction of the
@@ -111,9 +117,22 @@ def predictor_id(path: str) -> str:
     return f"dlib-{dlib.__version__}-sp68-{digest.hexdigest()[:10]}"
 
 
+def aligned_box_frac(margin: float) -> tuple[float, float, float, float]:
+    """FACE_BOX_FRAC for crops aligned with another template margin (AlignConfig.margin): the face's
+    size in the crop goes as 1 / (1 + 2 * margin) about the crop centre (tasks.align.template_landmarks5)."""
+    from tasks.align import DEFAULT_MARGIN
+
+    if not -0.25 < margin <= 2.0:
+        raise ValueError(f"margin must be in (-0.25, 2], got {margin}")
+    k = (1.0 + 2.0 * DEFAULT_MARGIN) / (1.0 + 2.0 * margin)
+    return tuple(0.5 + (f - 0.5) * k for f in FACE_BOX_FRAC)  # type: ignore[return-value]
+
+
 def face_box_px(size_px: int, box_frac: Sequence[float] = FACE_BOX_FRAC) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) integer pixels of the predictor's box in a crop of side size_px."""
-    return tuple(int(round(f * size_px)) for f in box_frac)  # type: ignore[return-value]
+    """(left, top, right, bottom) of the predictor's box in a crop of side size_px, as dlib counts them:
+    inclusive pixel indices (right and bottom are the last pixel inside, edge - 1)."""
+    left, top, right, bottom = (int(round(f * size_px)) for f in box_frac)
+    return left, top, right - 1, bottom - 1
 
 
 class LandmarkDetector:
@@ -121,12 +140,16 @@ class LandmarkDetector:
 
     The aligner (tasks.align) puts every face at the same place in the crop, so the box the
     predictor needs is a fixed fraction of the crop side (FACE_BOX_FRAC, calibrated against dlib's
-    own detector). The model loads once per process, on first use; detect() may be called from
-    several threads.
+    own detector; aligned_box_frac(margin) for another template margin). face_box="find" is for
+    crops the aligner did not make (align="none": a dataset's own pre-aligned crops, framed its own
+    way): dlib's HOG face detector finds the box, and a crop where it finds none is rejected
+    (landmarks_no_face). The model loads once per process, on first use; detect() may be called
+    from several threads.
     """
 
     def __init__(self, predictor_path: str | Path | None = None,
-                 box_frac: Sequence[float] = FACE_BOX_FRAC, upscale: int = DETECT_UPSCALE):
+                 box_frac: Sequence[float] = FACE_BOX_FRAC, upscale: int = DETECT_UPSCALE,
+                 face_box: Literal["fixed", "find"] = "fixed"):
         self.predictor_path = Path(predictor_path) if predictor_path is not None else default_predictor_path()
         if not self.predictor_path.is_file():
             raise FileNotFoundError(f"landmark model {self.predictor_path} does not exist")
@@ -136,6 +159,9 @@ class LandmarkDetector:
         if not isinstance(upscale, int) or not 1 <= upscale <= 4:
             raise ValueError(f"upscale must be an int in 1..4, got {upscale!r}")
         self.upscale = upscale
+        if face_box not in ("fixed", "find"):
+            raise ValueError(f"face_box must be 'fixed' or 'find', got {face_box!r}")
+        self.face_box = face_box
 
     @property
     def model_id(self) -> str:
@@ -154,7 +180,10 @@ class LandmarkDetector:
         predictor = _load_predictor(self.predictor_path)
         k = self.upscale
         work = crop if k == 1 else cv2.resize(crop, (width_px * k, height_px * k), interpolation=cv2.INTER_LINEAR)
-        left, top, right, bottom = face_box_px(width_px * k, self.box_frac)
+        if self.face_box == "find":
+            left, top, right, bottom = _find_face_box(crop, width_px * k)
+        else:
+            left, top, right, bottom = face_box_px(width_px * k, self.box_frac)
         shape = predictor(np.ascontiguousarray(work), dlib.rectangle(left, top, right, bottom))
         points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], np.float64)
         if points.shape != (N_LANDMARKS, 2):
@@ -165,6 +194,33 @@ class LandmarkDetector:
     def detect_batch(self, crops: Sequence[np.ndarray]) -> list[np.ndarray]:
         """detect() for each crop, in order."""
         return [self.detect(crop) for crop in crops]
+
+
+_FACE_DETECTORS: dict[int, object] = {}
+
+
+def _find_face_box(crop: np.ndarray, work_side: int) -> tuple[int, int, int, int]:
+    """The largest face dlib's HOG detector finds in the crop, as a box in a crop of side work_side."""
+    import dlib
+
+    with _LOCK:  # one detector per thread, built once (building one costs a few hundred ms)
+        key = threading.get_ident()
+        if key not in _FACE_DETECTORS:
+            _FACE_DETECTORS[key] = dlib.get_frontal_face_detector()
+        detector = _FACE_DETECTORS[key]
+    side = crop.shape[0]
+    small = cv2.resize(crop, (FIND_SIDE_PX, FIND_SIDE_PX), interpolation=cv2.INTER_AREA if side > FIND_SIDE_PX
+                       else cv2.INTER_LINEAR)
+    for upsample in (0, 1):
+        found = detector(small, upsample)
+        if len(found):
+            box = max(found, key=lambda r: r.area())
+            scale = work_side / FIND_SIDE_PX
+            # dlib rectangles are inclusive pixel indices; scale the edges (right/bottom + 1).
+            edges = np.array([box.left(), box.top(), box.right() + 1, box.bottom() + 1], np.float64) * scale
+            return int(round(edges[0])), int(round(edges[1])), int(round(edges[2])) - 1, int(round(edges[3])) - 1
+    raise _reject("landmarks_no_face", f"dlib's face detector found no face in the {side} px crop "
+                                       f"(face_box='find', for crops the aligner did not make)")
 
 
 def _reject(reason: str, detail: str) -> RejectError:

@@ -19,7 +19,13 @@ from tasks.align import AlignConfig, AlignedFace, FaceAligner
 from tasks.errors import RejectError
 from tasks.imageio import load_image_rgb
 from tasks.ingest import SourceRecord
-from tasks.landmarks import LandmarkDetector, check_landmarks, flatten_landmarks, landmarks_to_crop
+from tasks.landmarks import (
+    LandmarkDetector,
+    aligned_box_frac,
+    check_landmarks,
+    flatten_landmarks,
+    landmarks_to_crop,
+)
 from tasks.openface import (
     AUReading,
     OpenFaceConfig,
@@ -83,10 +89,14 @@ def _pkl_aus(path: str) -> dict[str, np.ndarray]:
     return read_ganimation_pkl(path)
 
 
-@functools.lru_cache(maxsize=1)
-def _detector() -> LandmarkDetector:
-    # The 100 MB model loads once per process, on first use.
-    return LandmarkDetector()
+@functools.lru_cache(maxsize=4)
+def _detector(align: AlignConfig) -> LandmarkDetector:
+    """The landmark detector for crops made with these align settings (the model itself loads once per
+    process): MTCNN crops put the face in a known box; pre-aligned crops (mode none) are framed their
+    own way, so dlib's face detector finds the box."""
+    if align.mode == "none":
+        return LandmarkDetector(face_box="find")
+    return LandmarkDetector(box_frac=aligned_box_frac(align.margin))
 
 
 def read_source_aus(
@@ -117,14 +127,14 @@ def read_source_aus(
 
 
 def source_landmarks(
-    face: AlignedFace, reading: AUReading | None, mode: str, detector: LandmarkDetector | None = None
+    face: AlignedFace, reading: AUReading | None, mode: str, detector: LandmarkDetector | None
 ) -> tuple[np.ndarray | None, str]:
     """The face's 68 points in crop pixels ([68, 2] float32, or None) and their landmark_source.
 
     OpenFace's points are in the pixels of the image it read (the source image, also with
     align="none"): they go through the same transform that made the crop (which also undoes a
     centre crop and resize) and must then lie on the crop, or the CSV describes another image:
-    RejectError (stage landmarks). mode: see LandmarkMode.
+    RejectError (stage landmarks). mode: see LandmarkMode; detector: needed for auto and detector.
     """
     if mode not in LANDMARK_MODES:
         raise ValueError(f"landmarks mode must be one of {LANDMARK_MODES}, got {mode!r}")
@@ -148,17 +158,19 @@ def source_landmarks(
         except RejectError as err:
             raise RejectError(err.stage, err.reason, f"OpenFace landmarks of {reading.path} mapped into the crop "
                                                      f"(does the CSV describe this image?): {err.detail}") from None
-    points = (detector or _detector()).detect(face.crop)
+    if detector is None:
+        raise ValueError(f"landmarks mode {mode!r} needs a LandmarkDetector")
     try:
-        return check_landmarks(points, size), "detector"
+        return check_landmarks(detector.detect(face.crop), size), "detector"
     except RejectError as err:
         raise RejectError(err.stage, err.reason, f"landmark detector on the aligned crop: {err.detail}") from None
 
 
-def landmarks_version(mode: str) -> str:
-    """model_versions entry for the landmark setting (with the detector's id when it may be used)."""
+def landmarks_version(mode: str, align: AlignConfig) -> str:
+    """model_versions entry for the landmark setting (with the detector's id and box when it may be used)."""
     if mode in ("auto", "detector"):
-        return f"landmarks:{mode}/{_detector().model_id}"
+        detector = _detector(align)
+        return f"landmarks:{mode}/{detector.model_id}-{detector.face_box}-box"
     return f"landmarks:{mode}"
 
 
@@ -186,7 +198,8 @@ def prepare_unit(
             rejects.append(err.as_row(record.source_id))
     faces = _aligner(align, device).align([image for _, image in loaded]) if loaded else []
     versions = (f"align:{'mtcnn-facenet-pytorch-2.5.3' if align.mode == 'mtcnn' else 'none'};"
-                f"{landmarks_version(landmarks)};singanimation:{PACKAGE_VERSION}")
+                f"{landmarks_version(landmarks, align)};singanimation:{PACKAGE_VERSION}")
+    detector = _detector(align) if landmarks in ("auto", "detector") else None
     align_id = stable_hash(dataclasses.asdict(align), 16)  # any align setting that changes crops changes ids
     samples = []
     for (record, _), face in zip(loaded, faces):
@@ -194,7 +207,7 @@ def prepare_unit(
             if isinstance(face, RejectError):
                 raise face
             au_source, au_confidence, reading = read_source_aus(record, face, aus)
-            points, landmark_source = source_landmarks(face, reading, landmarks)
+            points, landmark_source = source_landmarks(face, reading, landmarks, detector)
         except RejectError as err:
             rejects.append(err.as_row(record.source_id))
             continue

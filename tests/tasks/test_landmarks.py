@@ -9,8 +9,10 @@ import pytest
 from tasks.align import AlignConfig, FaceAligner
 from tasks.errors import RejectError
 from tasks.landmarks import (
+    FACE_BOX_FRAC,
     N_LANDMARKS,
     LandmarkDetector,
+    aligned_box_frac,
     check_landmarks,
     default_predictor_path,
     flatten_landmarks,
@@ -62,6 +64,33 @@ def test_detector_on_real_faces_agrees_with_the_aligner(detector, aligned, size)
         y = lambda group: points[group, 1].mean()  # noqa: E731
         assert y(slice(17, 27)) < y(slice(36, 48)) < points[30, 1] < y(slice(48, 68)) < points[8, 1]
         assert points[36, 0] < points[39, 0] < points[42, 0] < points[45, 0]  # image-left eye first
+
+
+def test_other_template_margins_get_a_rescaled_box(astronaut_rgb):
+    assert aligned_box_frac(0.15) == pytest.approx(FACE_BOX_FRAC)
+    wide = aligned_box_frac(0.4)  # more border: a smaller face about the crop centre
+    assert wide[2] - wide[0] == pytest.approx((FACE_BOX_FRAC[2] - FACE_BOX_FRAC[0]) * 1.3 / 1.8)
+    face = FaceAligner(AlignConfig(image_size_px=128, margin=0.4), device="cpu").align([astronaut_rgb])[0]
+    points = LandmarkDetector(box_frac=wide).detect(face.crop)
+    assert np.linalg.norm(landmarks5_from_68(points) - face.landmarks5_crop, axis=1).max() < 3.5
+
+
+def test_find_box_for_crops_framed_another_way(aligned):
+    """A pre-aligned crop framed its own way (the aligned face shrunk to 60% on a wider canvas): the fixed
+    box misses it, dlib's face detector finds it, and the points land where they do on the aligned crop."""
+    import cv2
+
+    face = aligned[128][0]
+    reference = LandmarkDetector().detect(face.crop)
+    small = cv2.resize(face.crop, (77, 77), interpolation=cv2.INTER_AREA)
+    canvas = cv2.copyMakeBorder(small, 10, 41, 35, 16, cv2.BORDER_REPLICATE)          # 128 x 128, face off-centre
+    expected = (reference + 0.5) * 77 / 128 - 0.5 + [35.0, 10.0]
+    found = LandmarkDetector(face_box="find").detect(canvas)
+    assert np.linalg.norm(found - expected, axis=1).mean() < 1.5
+    assert np.linalg.norm(LandmarkDetector().detect(canvas) - expected, axis=1).mean() > 3.0
+    with pytest.raises(RejectError) as info:
+        LandmarkDetector(face_box="find").detect(np.full((128, 128, 3), 128, np.uint8))
+    assert info.value.reason == "landmarks_no_face" and info.value.stage == "landmarks"
 
 
 def test_detect_batch_and_one_model_per_process(detector, aligned):
