@@ -93,6 +93,21 @@ def test_find_box_for_crops_framed_another_way(aligned):
     assert info.value.reason == "landmarks_no_face" and info.value.stage == "landmarks"
 
 
+def test_face_finder_is_built_once_per_thread(aligned, monkeypatch):
+    import dlib
+
+    import tasks.landmarks as lm
+
+    built = []
+    real = dlib.get_frontal_face_detector
+    monkeypatch.setattr(dlib, "get_frontal_face_detector", lambda: built.append(1) or real())
+    monkeypatch.setattr(lm, "_FACE_DETECTORS", {})
+    finder = LandmarkDetector(face_box="find")
+    for face in aligned[128] * 2:
+        finder.detect(face.crop)
+    assert len(built) == 1
+
+
 def test_detect_batch_and_one_model_per_process(detector, aligned):
     import tasks.landmarks as lm
 
