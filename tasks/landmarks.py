@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from manifests.schema import LANDMARK_SOURCES, N_LANDMARKS
+from tasks.align import DEFAULT_MARGIN
 from tasks.errors import RejectError
 
 __all__ = [
@@ -120,8 +121,6 @@ def predictor_id(path: str) -> str:
 def aligned_box_frac(margin: float) -> tuple[float, float, float, float]:
     """FACE_BOX_FRAC for crops aligned with another template margin (AlignConfig.margin): the face's
     size in the crop goes as 1 / (1 + 2 * margin) about the crop centre (tasks.align.template_landmarks5)."""
-    from tasks.align import DEFAULT_MARGIN
-
     if not -0.25 < margin <= 2.0:
         raise ValueError(f"margin must be in (-0.25, 2], got {margin}")
     k = (1.0 + 2.0 * DEFAULT_MARGIN) / (1.0 + 2.0 * margin)
@@ -136,7 +135,7 @@ def face_box_px(size_px: int, box_frac: Sequence[float] = FACE_BOX_FRAC) -> tupl
 
 
 class LandmarkDetector:
-    """dlib's 68-point shape predictor run on ALIGNED crops inside a fixed box (no face detection).
+    """dlib's 68-point shape predictor on face crops: a fixed box on the aligner's crops, a found box on others.
 
     The aligner (tasks.align) puts every face at the same place in the crop, so the box the
     predictor needs is a fixed fraction of the crop side (FACE_BOX_FRAC, calibrated against dlib's

@@ -119,6 +119,16 @@ def test_detect_batch_and_one_model_per_process(detector, aligned):
     assert len(lm._PREDICTORS) == 1
 
 
+def test_detect_from_several_threads_gives_the_same_points(detector, aligned):
+    from concurrent.futures import ThreadPoolExecutor
+
+    crops = [face.crop for face in aligned[128]] * 4
+    expected = [detector.detect(crop) for crop in crops]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for got, want in zip(pool.map(detector.detect, crops), expected):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_detector_refuses_non_crops(detector):
     with pytest.raises(ValueError, match="uint8"):
         detector.detect(np.zeros((64, 64, 3), np.float32))
