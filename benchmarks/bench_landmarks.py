@@ -31,26 +31,13 @@ from tasks.align import AlignConfig, FaceAligner, template_landmarks5  # noqa: E
 from tasks.errors import RejectError  # noqa: E402
 from tasks.landmarks import POINT_GROUPS, LandmarkDetector  # noqa: E402
 from tasks.openface import landmarks5_from_68  # noqa: E402
-from tests.conftest import load_astronaut, load_grace_hopper  # noqa: E402
-
-
-def ck48_faces(root: Path, n: int, size_px: int = 128) -> list[tuple[str, np.ndarray]]:
-    """The first image of the first n subjects (sorted by file name), grey -> RGB, upsampled (cubic)."""
-    by_subject: dict[str, Path] = {}
-    for path in sorted(root.glob("*/*.png"), key=lambda p: p.name):
-        by_subject.setdefault(path.name.split("_")[0], path)
-    out = []
-    for subject in sorted(by_subject)[:n]:
-        grey = cv2.imread(str(by_subject[subject]), cv2.IMREAD_GRAYSCALE)
-        big = cv2.resize(grey, (size_px, size_px), interpolation=cv2.INTER_CUBIC)
-        out.append((f"ck48/{by_subject[subject].parent.name}/{by_subject[subject].name}", cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)))
-    return out
+from tests.conftest import load_astronaut, load_ck48_faces, load_grace_hopper  # noqa: E402
 
 
 def aligned_crops(ck48: Path | None, n_ck48: int, size_px: int) -> list[tuple[str, np.ndarray]]:
     images = [("astronaut", load_astronaut()), ("grace_hopper", load_grace_hopper())]
     if ck48 is not None:
-        images += ck48_faces(ck48, n_ck48)
+        images += load_ck48_faces(ck48, n_ck48)
     aligner = FaceAligner(AlignConfig(image_size_px=size_px), device="cpu")
     out = []
     for (name, _), face in zip(images, aligner.align([im for _, im in images])):
@@ -166,7 +153,7 @@ def main() -> None:
     # the fixed box vs. the box dlib's detector finds, mean distance per face.
     raw_vs_find = []
     if args.ck48 is not None:
-        for _, crop in ck48_faces(args.ck48, args.n_ck48):
+        for _, crop in load_ck48_faces(args.ck48, args.n_ck48):
             raw_vs_find.append(float(np.linalg.norm(detector.detect(crop) - finder.detect(crop), axis=1).mean()))
         print(f"unaligned CK+48 crops, fixed box vs found box, mean px per face: min {min(raw_vs_find):.2f}, "
               f"median {np.median(raw_vs_find):.2f}, max {max(raw_vs_find):.2f} ({len(raw_vs_find)} faces)")

