@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -40,7 +40,7 @@ PACKAGE_VERSION = "0.1.0"
 # came from) when it has them, else the detector on the aligned crop; "openface" = only the CSV
 # (landmarks_missing when it has none); "detector" = always the detector; "none" = no landmarks.
 LandmarkMode = Literal["auto", "openface", "detector", "none"]
-LANDMARK_MODES = ("auto", "openface", "detector", "none")
+LANDMARK_MODES: tuple[str, ...] = get_args(LandmarkMode)
 
 
 @dataclass(frozen=True)
