@@ -26,6 +26,7 @@ def _prepare_settings(args: argparse.Namespace):
         align=AlignConfig(mode=args.align, image_size_px=args.image_size, face_policy=args.face_policy,
                           min_face_prob=args.min_face_prob, batch_size=args.batch_size),
         aus=AUConfig(path=args.aus, missing=args.missing_aus, openface=openface),
+        landmarks=args.landmarks,
         unit_size=args.unit_size,
         device=args.device,
     )
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aus", help="folder of OpenFace CSVs, or GANimation's aus_openface.pkl")
     p.add_argument("--missing-aus", default="reject", choices=["reject", "keep"], help="images without an AU file")
     p.add_argument("--min-au-confidence", type=float, default=None, help="OpenFace rows below this confidence are not trusted")
+    p.add_argument("--landmarks", default="auto", choices=["auto", "openface", "detector", "none"],
+                   help="68 landmarks from: auto = the OpenFace CSV's (same row as the AUs) when it has them, else the "
+                        "dlib detector on the aligned crop; openface; detector; none")
     p.add_argument("--unit-size", type=int, default=256, help="images per work unit / shard")
     p.add_argument("--run-name", default="prepare", help="shard file name prefix")
     p.add_argument("--device", default=None, help="cuda or cpu (default: CUDA when present)")

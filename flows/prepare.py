@@ -19,7 +19,7 @@ from manifests.reader import verify
 from manifests.writer import merge_rejects, write_rejects_part
 from tasks.align import AlignConfig
 from tasks.ingest import IngestConfig, ingest_dataset
-from tasks.prepare import AUConfig, plan_units, prepare_unit
+from tasks.prepare import AUConfig, LandmarkMode, plan_units, prepare_unit
 from tasks.report import write_report
 
 
@@ -34,6 +34,8 @@ class PrepareSettings(BaseModel):
     ingest: IngestConfig = IngestConfig()
     align: AlignConfig = AlignConfig()
     aus: AUConfig = AUConfig()
+    landmarks: LandmarkMode = Field("auto", description="68 landmarks from: auto (OpenFace CSV when it has them, "
+                                                        "else the detector), openface, detector, none")
     unit_size: int = Field(256, ge=1, description="source images per work unit (one shard each)")
     device: str | None = Field(None, description="cuda / cpu; default: CUDA when present")
 
@@ -43,8 +45,10 @@ class PrepareSettings(BaseModel):
 
 
 @task(name="prepare-unit", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def prepare_unit_task(unit, out: str, run_name: str, run_id: str, align: AlignConfig, aus: AUConfig, device: str | None) -> dict:
-    return prepare_unit(unit, out, run_name=run_name, run_id=run_id, align=align, aus=aus, device=device)
+def prepare_unit_task(unit, out: str, run_name: str, run_id: str, align: AlignConfig, aus: AUConfig,
+                      landmarks: str, device: str | None) -> dict:
+    return prepare_unit(unit, out, run_name=run_name, run_id=run_id, align=align, aus=aus, landmarks=landmarks,
+                        device=device)
 
 
 @flow(name="prepare", log_prints=True)
@@ -76,7 +80,8 @@ def prepare(settings: PrepareSettings) -> dict:
     run_id = current_run_id()
     results = []
     for unit in tqdm(units, desc="prepare units", unit="unit"):
-        result = prepare_unit_task(unit, out, settings.run_name, run_id, settings.align, settings.aus, settings.device)
+        result = prepare_unit_task(unit, out, settings.run_name, run_id, settings.align, settings.aus,
+                                   settings.landmarks, settings.device)
         results.append(result)
         status = "skipped (already committed)" if result["skipped"] else f"{result['written']} written, rejects {result['rejected']}"
         logger.info(f"unit {unit.unit_id}: {status}")

@@ -27,6 +27,9 @@ SPLITS = ("train", "test")
 STAGES = ("original", "warp", "ganimation", "singan")
 EDIT_KINDS = ("none", "single_au", "interpolate", "emotion")
 LABEL_KINDS = ("original", "inherited", "target")
+# Where a row's 68 landmarks came from: OpenFace's CSV, the landmark detector run on the crop, or none.
+LANDMARK_SOURCES = ("openface", "detector", "none")
+N_LANDMARKS = 68  # iBUG 300-W / OpenFace order
 
 QUALITY_TYPE = pa.struct([
     ("faces_found", pa.int16()),         # faces MTCNN found in the source (align stage)
@@ -41,6 +44,7 @@ QUALITY_TYPE = pa.struct([
 QUALITY_FIELDS: tuple[str, ...] = tuple(f.name for f in QUALITY_TYPE)
 
 AU_LIST = pa.list_(pa.float32(), N_AUS)
+LANDMARK_LIST = pa.list_(pa.float32(), 2 * N_LANDMARKS)  # x0, y0, x1, y1, ... in crop pixels
 
 MANIFEST_SCHEMA = pa.schema([
     ("sample_id", pa.string()),
@@ -53,6 +57,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("label_kind", pa.string()),
     ("au_source", AU_LIST),
     ("au_target", AU_LIST),
+    ("landmarks", LANDMARK_LIST),
+    ("landmark_source", pa.string()),
     ("alpha", pa.float32()),
     ("singan_start_scale", pa.int16()),
     ("singan_sample", pa.int16()),
@@ -70,7 +76,7 @@ MANIFEST_SCHEMA = pa.schema([
 
 REJECTS_SCHEMA = pa.schema([
     ("source_id", pa.string()),
-    ("stage", pa.string()),    # ingest / align / openface / ganimation / singan / write / quality
+    ("stage", pa.string()),    # ingest / align / openface / landmarks / ganimation / singan / write / quality
     ("reason", pa.string()),   # short machine-readable code, e.g. "no_face", "corrupt_image"
     ("detail", pa.string()),   # the human-readable specifics
 ])

@@ -13,8 +13,10 @@ from manifests.schema import (
     EDIT_KINDS,
     EMOTIONS,
     LABEL_KINDS,
+    LANDMARK_SOURCES,
     MANIFEST_SCHEMA,
     N_AUS,
+    N_LANDMARKS,
     QUALITY_FIELDS,
     REJECTS_SCHEMA,
     SPLITS,
@@ -76,6 +78,14 @@ def validate_row(row: dict[str, Any]) -> None:
         value = row.get(col)
         if value is not None and len(value) != N_AUS:
             raise bad(f"{col} has {len(value)} values, expected {N_AUS}")
+    if row.get("landmark_source") not in LANDMARK_SOURCES:
+        raise bad(f"landmark_source={row.get('landmark_source')!r} not in {LANDMARK_SOURCES}")
+    landmarks = row.get("landmarks")
+    if (landmarks is None) != (row["landmark_source"] == "none"):
+        raise bad(f"landmark_source={row['landmark_source']!r} but landmarks is "
+                  f"{'null' if landmarks is None else 'set'} (null exactly when the source is 'none')")
+    if landmarks is not None and len(landmarks) != 2 * N_LANDMARKS:
+        raise bad(f"landmarks has {len(landmarks)} values, expected {2 * N_LANDMARKS} (x, y of {N_LANDMARKS} points)")
     if row["split"] == "test" and row["stage"] != "original":
         raise bad("the test split is never expanded: only originals may be in it")
     unknown = set(row.get("quality") or {}) - set(QUALITY_FIELDS)

@@ -108,6 +108,9 @@ def load_original_rows(prepared: str | os.PathLike) -> list[dict]:
     rows = [r for r in table.to_pylist() if r["stage"] == "original"]
     if not rows:
         raise FileNotFoundError(f"{prepared} holds no prepared originals (run `singanimation prepare` first)")
+    for row in rows:
+        if row["landmark_source"] is None:  # prepared before the landmark columns existed: it has none
+            row["landmark_source"] = "none"
     return sorted(rows, key=lambda r: (r["split"], r["source_id"]))
 
 
@@ -162,46 +165,57 @@ class _Item:
 
 
 def _base_row(source: dict, job: ExpandJob, versions: str) -> dict:
-    keep = ("split", "source_id", "source_sha256", "au_source")
-    # The source's landmarks carry over (an edit replaces them with where its points went).
-    carried = {k: source.get(k) for k in ("landmarks", "landmark_source")}
-    return {**carried, **{k: source[k] for k in keep}, "alpha": None, "singan_start_scale": None, "singan_sample": None,
+    # The source's landmarks ride along; an edit replaces them with where its points went (warp) or drops them
+    # (GANimation moves features without saying where).
+    keep = ("split", "source_id", "source_sha256", "au_source", "landmarks", "landmark_source")
+    return {**{k: source[k] for k in keep}, "alpha": None, "singan_start_scale": None, "singan_sample": None,
             "model_versions": versions, "run_id": job.run_id}
 
 
-def _source_landmarks(source: dict, image: np.ndarray) -> np.ndarray:
-    """The prepared row's 68 points [68, 2], or the detector's on the crop when the row has none."""
-    if source.get("landmarks") is not None:
-        return np.asarray(source["landmarks"], np.float64).reshape(-1, 2)
-    from tasks.landmarks import shared_detector
+@functools.lru_cache(maxsize=2)
+def _landmark_detector(face_box: str):
+    from tasks.landmarks import LandmarkDetector
 
-    return shared_detector().detect(image)
+    return LandmarkDetector(face_box=face_box)
+
+
+def _source_landmarks(source: dict, image: np.ndarray) -> tuple[np.ndarray, str]:
+    """The prepared row's 68 points [68, 2] and their source, or the detector's on the crop when the row has none
+    (a prepare run with --landmarks none): dlib's own face box when prepare did not align the crop."""
+    from tasks.landmarks import check_landmarks
+
+    if source.get("landmarks") is not None:
+        return check_landmarks(source["landmarks"], image.shape[0]), source["landmark_source"]
+    aligned = "align:none" not in (source.get("model_versions") or "")
+    points = _landmark_detector("fixed" if aligned else "find").detect(image)
+    return check_landmarks(points, image.shape[0]), "detector"
 
 
 def _warp_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: list[Edit], job: ExpandJob,
                versions: str, rejects: list[dict]) -> list[_Item]:
     """Apply every edit of the unit with the landmark warp; score and gate each output; bad input -> rejects."""
     editor = _warp_editor(job.au_shape)
-    done: list[tuple[Edit, object]] = []
+    done: list[tuple[Edit, object, str]] = []
     for edit in edits:
         source = sources[edit.source_id]
         try:
-            points = _source_landmarks(source, images[edit.source_id])
-            done.append((edit, editor.edit(images[edit.source_id], points, source["au_source"], edit.au_target)))
+            points, landmark_source = _source_landmarks(source, images[edit.source_id])
+            result = editor.edit(images[edit.source_id], points, source["au_source"], edit.au_target)
+            done.append((edit, result, landmark_source))
         except RejectError as err:
             rejects.append(err.as_row(edit.source_id))
     if not done:
         return []
-    similarity = _ssim_uint8([r.image for _, r in done], [images[e.source_id] for e, _ in done])
+    similarity = _ssim_uint8([r.image for _, r, _ in done], [images[e.source_id] for e, _, _ in done])
     items = []
-    for (edit, result), sim in zip(done, similarity):
+    for (edit, result, landmark_source), sim in zip(done, similarity):
         source = sources[edit.source_id]
         quality = {"ssim_to_source": sim, "warp_fraction": result.fraction}
         edit_params = {**edit.as_dict(), "model": editor.version}
         row = {**_base_row(source, job, versions), "stage": "warp", "edit_kind": edit.edit_kind,
                "label": edit.label, "label_kind": edit.label_kind, "au_target": list(edit.au_target),
                "alpha": edit.alpha, "seed": edit.seed, "quality": quality,
-               "landmarks": result.landmarks.reshape(-1).tolist(),
+               "landmarks": result.landmarks.reshape(-1).tolist(), "landmark_source": landmark_source,
                "sample_id": make_sample_id(source["source_sha256"], "warp", edit=edit_params, seed=edit.seed),
                "width": result.image.shape[1], "height": result.image.shape[0]}
         failed = job.gate.check(quality)
@@ -234,6 +248,7 @@ def _edit_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: l
                    "ssim_to_source": sim}
         edit_params = {**edit.as_dict(), "model": model.checkpoint_id}
         row = {**_base_row(source, job, versions), "stage": "ganimation", "edit_kind": edit.edit_kind,
+               "landmarks": None, "landmark_source": "none",
                "label": edit.label, "label_kind": edit.label_kind, "au_target": list(edit.au_target),
                "alpha": edit.alpha, "seed": edit.seed, "quality": quality,
                "sample_id": make_sample_id(source["source_sha256"], "ganimation", edit=edit_params, seed=edit.seed),

@@ -69,7 +69,8 @@ _NOSE_TIP_68 = 30
 _MOUTH_CORNERS_68 = (48, 54)
 # Both eyes and both mouth corners exchanged: the other left/right convention.
 _SWAPPED_5 = np.array([1, 0, 2, 4, 3])
-_LANDMARK_COLUMNS = tuple(f"{axis}_{i}" for axis in "xy" for i in (*range(36, 48), _NOSE_TIP_68, *_MOUTH_CORNERS_68))
+_MATCH_POINTS_68 = (*range(36, 48), _NOSE_TIP_68, *_MOUTH_CORNERS_68)  # the points face matching reads
+_LANDMARK_COLUMNS = tuple(f"{axis}_{i}" for axis in "xy" for i in _MATCH_POINTS_68)
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 # C++ streams print NaN as nan, -nan or (MSVC) -nan(ind); infinities as inf / -inf(...).
@@ -153,6 +154,20 @@ class AUReading:
     confidence: float | None
     rule: str                     # single_row | landmark_match | most_confident | video_median | video_frame
     detail: str
+    # The 68 2D landmarks of the row the AUs came from ([68, 2] x, y in the pixels of the image OpenFace
+    # read; NaN where a cell was nan); None when the file has no x_0..y_67 columns or the AUs are a
+    # median over several rows (no single row describes the image then). landmarks_note says why.
+    landmarks68: np.ndarray | None = None
+    landmarks_note: str = ""
+
+    def landmarks_json(self) -> dict:
+        """What inspect-au shows about the landmarks: count, source, bounding box (source pixels)."""
+        if self.landmarks68 is None:
+            return {"count": 0, "source": None, "note": self.landmarks_note}
+        finite = self.landmarks68[np.isfinite(self.landmarks68).all(axis=1)]
+        bbox = ([float(finite[:, 0].min()), float(finite[:, 1].min()), float(finite[:, 0].max()), float(finite[:, 1].max())]
+                if len(finite) else None)
+        return {"count": int(len(finite)), "source": "openface", "bbox_xyxy": bbox, "note": self.landmarks_note}
 
     def to_json(self) -> dict:
         return {
@@ -165,6 +180,7 @@ class AUReading:
             "confidence": self.confidence,
             "rule": self.rule,
             "detail": self.detail,
+            "landmarks": self.landmarks_json(),
         }
 
 
@@ -328,11 +344,11 @@ def _check_landmarks5(face_landmarks5: np.ndarray) -> np.ndarray:
     return points
 
 
-def _row_landmarks68(table: _Table, rows: Sequence[int]) -> np.ndarray:
-    """[len(rows), 68, 2] with NaN where a point is not read (only the 15 points matching needs)."""
+def _row_landmarks68(table: _Table, rows: Sequence[int], points: Sequence[int] = _MATCH_POINTS_68) -> np.ndarray:
+    """[len(rows), 68, 2] with NaN where a point is not read (by default only the 15 points matching needs)."""
     out = np.full((len(rows), N_FACE_LANDMARKS, 2), np.nan)
     for axis_index, axis in enumerate("xy"):
-        for i in (*range(36, 48), _NOSE_TIP_68, *_MOUTH_CORNERS_68):
+        for i in points:
             out[:, i, axis_index] = _column(table, f"{axis}_{i}", rows)
     return out
 
@@ -453,8 +469,26 @@ def _read_table(table: _Table, config: OpenFaceConfig, points5: np.ndarray | Non
     else:
         rule = "single_row"
         detail = f"one face in the file: line {table.lines[used[0]]}, confidence {used_conf:g}"
+    landmarks68, landmarks_note = _reading_landmarks(table, used)
     return AUReading(values=values, path=table.path, row_indices=tuple(used), face_id=face_id, frame=frame,
-                     confidence=used_conf, rule=rule, detail=detail)
+                     confidence=used_conf, rule=rule, detail=detail, landmarks68=landmarks68,
+                     landmarks_note=landmarks_note)
+
+
+
+def _reading_landmarks(table: _Table, used: list[int]) -> tuple[np.ndarray | None, str]:
+    """The 68 points of the one row the AUs came from, or None and why not."""
+    missing = [name for name in _LANDMARKS_2D if not table.has(name)]
+    if missing:
+        return None, ("no 2D landmark columns (x_0..x_67, y_0..y_67)" if len(missing) == len(_LANDMARKS_2D)
+                      else f"landmark columns incomplete: {len(missing)} of {len(_LANDMARKS_2D)} missing "
+                           f"(first: {missing[0]})")
+    if len(used) != 1:
+        return None, f"the AUs are a median over {len(used)} rows; no single row's landmarks describe the image"
+    points = _row_landmarks68(table, used, range(N_FACE_LANDMARKS))[0]  # [68, 2]
+    unread = int((~np.isfinite(points).all(axis=1)).sum())
+    note = f"{table.where(used[0])}" + (f"; {unread} point(s) are nan" if unread else "")
+    return points.astype(np.float64), note
 
 
 def _choose_face(

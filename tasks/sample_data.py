@@ -56,11 +56,27 @@ def _demo_aus(label_dir: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(values + jitter, 0.0, 5.0)
 
 
+def _source_landmarks68(images: list[np.ndarray]) -> list[np.ndarray]:
+    """68 points [68, 2] in each photo's own pixels, as OpenFace would write them: MTCNN aligns the face,
+    the landmark detector runs on the 128 px crop, and the points are mapped back to the photo."""
+    from tasks.align import AlignConfig, FaceAligner
+    from tasks.landmarks import LandmarkDetector, landmarks_to_source
+
+    detector = LandmarkDetector()
+    out = []
+    for image, face in zip(images, FaceAligner(AlignConfig(image_size_px=128), device="cpu").align(images)):
+        if isinstance(face, Exception):
+            raise RuntimeError(f"sample photo not aligned: {face}")  # the package photos all have a clear face
+        out.append(landmarks_to_source(detector.detect(face.crop), face.transform))
+    return out
+
+
 def build_sample_dataset(root: str | os.PathLike, seed: int = 0) -> dict:
     """Write <root>/images/<split>/<class>/*.png and <root>/openface/<stem>.csv; return what was written.
 
     Includes, on purpose, inputs the pipeline must reject: an image without a face, a truncated
-    file, and an image without an AU CSV.
+    file, and an image without an AU CSV. The CSVs carry demo AU values; those with landmark columns
+    (every layout but aus_only) carry the photo's 68 points found by the landmark detector.
     """
     root = Path(root)
     images, csv_dir = root / "images", root / "openface"
@@ -81,14 +97,17 @@ def build_sample_dataset(root: str | os.PathLike, seed: int = 0) -> dict:
         ("test", "neutral", "grace_hopper_small"): _small_on_canvas(grace, 0.5, 512),
     }
     variants = [("feature_extraction", ", "), ("feature_extraction", ","), ("aus_only", ", "), ("landmark_img", ",")]
+    items = sorted(faces.items())
+    landmarks = _source_landmarks68([rgb for _, rgb in items])
     written = []
-    for index, ((split, label_dir, stem), rgb) in enumerate(sorted(faces.items())):
+    for index, ((split, label_dir, stem), rgb) in enumerate(items):
         path = images / split / label_dir / f"{stem}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(rgb)).save(path)
         variant, sep = variants[index % len(variants)]
         aus = _demo_aus(label_dir, rng)
-        write_openface_csv(csv_dir / f"{stem}.csv", [{"aus": aus, "confidence": 0.98, "success": 1}], variant=variant, sep=sep)
+        row = {"aus": aus, "confidence": 0.98, "success": 1, "landmarks68": landmarks[index]}
+        write_openface_csv(csv_dir / f"{stem}.csv", [row], variant=variant, sep=sep)
         written.append(str(path))
 
     # Inputs that must land in rejects, each for its own reason.

@@ -336,8 +336,10 @@ def _check_aus(aus: np.ndarray) -> np.ndarray:
     return aus
 
 
-def _face_outline(s: FaceShape, drop: float) -> np.ndarray:
-    t = np.linspace(0.0, 2.0 * math.pi, 120, endpoint=False)
+def _face_outline(s: FaceShape, drop: float, t: np.ndarray | None = None) -> np.ndarray:
+    """Outline points [N, 2] at angles t (radians; 0 = right, pi/2 = chin); default 120 around the face."""
+    if t is None:
+        t = np.linspace(0.0, 2.0 * math.pi, 120, endpoint=False)
     cx, cy = np.cos(t), np.sin(t)
     lower = np.clip(cy, 0.0, 1.0)
     upper = np.clip(-cy, 0.0, 1.0)
@@ -428,9 +430,11 @@ def _draw_forehead(canvas: _Canvas, identity: Identity, expr: _Expression) -> No
         canvas.faint_stroke(glabella, p.skin, ink, depth * expr.au04, 0.016)
 
 
-def _eye_curves(s: FaceShape, side: float, expr: _Expression) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x [N], upper lid y [N], lower lid y [N]) from the inner to the outer corner of one eye."""
-    t = np.linspace(-1.0, 1.0, 25)
+def _eye_curves(s: FaceShape, side: float, expr: _Expression,
+                t: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x [N], upper lid y [N], lower lid y [N]) at t (-1 inner corner .. 1 outer corner; default 25 steps)."""
+    if t is None:
+        t = np.linspace(-1.0, 1.0, 25)
     x = side * (s.eye_x + t * s.eye_half_width)
     base = s.eye_y + (t + 1.0) / 2.0 * s.eye_tilt
     f_up = (1.0 - t ** 2) ** 0.75 * (1.0 - 0.12 * t)
@@ -489,15 +493,20 @@ def _draw_cheek_lines(canvas: _Canvas, identity: Identity, expr: _Expression, si
     canvas.faint_stroke(fold, p.skin, ink, 0.12 + depth * 0.6 * expr.au06, 0.014)
 
 
+def _brow_line(s: FaceShape, side: float, expr: _Expression, n: int = 20) -> np.ndarray:
+    """The brow's centre line [n, 2] from its inner to its outer end."""
+    inner = (side * (s.brow_inner_x - 0.05 * expr.au04),
+             s.brow_y - 0.13 * expr.au01 + 0.1 * expr.au04)
+    peak = (side * (0.45 * s.brow_inner_x + 0.55 * s.brow_outer_x),
+            s.brow_y - s.brow_arch - 0.05 * expr.au01 - 0.07 * expr.au02 + 0.07 * expr.au04)
+    outer = (side * s.brow_outer_x, s.brow_y + s.brow_droop - 0.12 * expr.au02 + 0.04 * expr.au04)
+    return _quad(inner, peak, outer, n)
+
+
 def _draw_brows(canvas: _Canvas, identity: Identity, expr: _Expression) -> None:
     s, p = identity.shape, identity.palette
     for side in (-1.0, 1.0):
-        inner = (side * (s.brow_inner_x - 0.05 * expr.au04),
-                 s.brow_y - 0.13 * expr.au01 + 0.1 * expr.au04)
-        peak = (side * (0.45 * s.brow_inner_x + 0.55 * s.brow_outer_x),
-                s.brow_y - s.brow_arch - 0.05 * expr.au01 - 0.07 * expr.au02 + 0.07 * expr.au04)
-        outer = (side * s.brow_outer_x, s.brow_y + s.brow_droop - 0.12 * expr.au02 + 0.04 * expr.au04)
-        line = _quad(inner, peak, outer, 20)
+        line = _brow_line(s, side, expr)
         widths = s.brow_thickness * np.linspace(1.15, 0.45, len(line))
         canvas.fill(_band(line, widths), p.brow)
 
@@ -512,6 +521,11 @@ def _mouth_corner(s: FaceShape, expr: _Expression) -> tuple[float, float]:
     half_width = s.mouth_half_width * (1.0 + 0.16 * expr.au12 - 0.06 * expr.au15)
     y = s.mouth_y - 0.09 * expr.au12 + 0.075 * expr.au15 + 0.35 * expr.jaw_drop
     return half_width, y
+
+
+def _nose_tip_y(s: FaceShape, expr: _Expression) -> float:
+    """Centre height of the drawn nose tip (AU09 lifts it a little)."""
+    return s.nose_tip_y - 0.4 * _nose_lift(expr)[0]
 
 
 def _draw_nose(canvas: _Canvas, identity: Identity, expr: _Expression) -> None:
@@ -538,7 +552,7 @@ def _draw_nose(canvas: _Canvas, identity: Identity, expr: _Expression) -> None:
     for side in (-1.0, 1.0):
         bunny = np.array([[side * 0.07, s.eye_y + 0.12], [side * 0.11, s.eye_y + 0.2]])
         canvas.faint_stroke(bunny, p.skin, ink, depth * expr.au09, 0.012)
-    tip_y = s.nose_tip_y - 0.4 * lift
+    tip_y = _nose_tip_y(s, expr)
     canvas.fill(_ellipse((0.0, tip_y - 0.02), (s.nose_half_width * 0.55, 0.05)), _scale(p.skin, 1.04))
     for side in (-1.0, 1.0):
         wing_c = (side * s.nose_half_width * 0.78 * flare, s.nose_tip_y - lift - 0.005)
@@ -548,9 +562,11 @@ def _draw_nose(canvas: _Canvas, identity: Identity, expr: _Expression) -> None:
         canvas.fill(_ellipse(nostril_c, (0.034 * flare, 0.017), side * 15.0, n=20), _scale(p.skin, 0.42))
 
 
-def _mouth_curves(s: FaceShape, expr: _Expression) -> dict[str, np.ndarray]:
+def _mouth_curves(s: FaceShape, expr: _Expression, q: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Lip curves at q (-1 left corner .. 1 right corner; default 31 steps): x and the four lip edges' y."""
     half_width, corner_y = _mouth_corner(s, expr)
-    q = np.linspace(-1.0, 1.0, 31)
+    if q is None:
+        q = np.linspace(-1.0, 1.0, 31)
     x = q * half_width
     bulge = 1.0 - q ** 2
     line = s.mouth_y + (corner_y - s.mouth_y) * q ** 2
@@ -642,6 +658,69 @@ def render_face(identity: Identity, aus: np.ndarray, config: RenderConfig = Rend
     _draw_hair_front(canvas, identity)
     small = cv2.resize(canvas.image, (config.image_size_px, config.image_size_px), interpolation=cv2.INTER_AREA)
     return _apply_lighting(small, identity)
+
+
+# ---------------------------------------------------------------- landmarks
+
+# Where the iBUG points sit on the drawn curves. Eyes: t = -1 inner corner .. 1 outer corner;
+# lids at the thirds. Mouth: q = -1 image-left corner .. 1 image-right corner.
+_EYE_T = np.array([1.0, 1.0 / 3.0, -1.0 / 3.0, -1.0])    # outer corner, upper lid (outer, inner), inner corner
+_OUTER_LIP_Q = np.array([-1.0, -2.0 / 3.0, -1.0 / 3.0, 0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0])   # points 48..54
+_INNER_LIP_Q = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])                                          # points 60..64
+
+
+def _face_landmarks68(identity: Identity, expr: _Expression) -> np.ndarray:
+    """The 68 iBUG 300-W points [68, 2] of the drawn face, in the face frame, from the drawing's own curves."""
+    s = identity.shape
+    out = np.empty((68, 2))
+    # Jaw 0..16: the face outline from the image-left side at eye height, round the chin (8), to the right.
+    reach = math.asin(min(0.99, -s.eye_y / s.top_half_height))
+    out[0:17] = _face_outline(s, expr.jaw_drop, np.linspace(math.pi + reach, -reach, 17))
+    # Brows 17..26: the drawn centre lines; image-left brow outer -> inner, image-right inner -> outer.
+    out[17:22] = _brow_line(s, -1.0, expr, 5)[::-1]
+    out[22:27] = _brow_line(s, 1.0, expr, 5)
+    # Nose: bridge 27..30 from eye height to the tip; base 31..35 left wing, nostril, centre, nostril, wing.
+    lift, flare = _nose_lift(expr)
+    tip = _nose_tip_y(s, expr) - 0.02  # the drawn tip ellipse's centre
+    out[27:31] = np.stack([np.zeros(4), np.linspace(s.eye_y, tip, 4)], axis=1)
+    base_y = s.nose_tip_y - lift
+    out[31:36] = [[-0.78 * s.nose_half_width * flare, base_y + 0.02], [-0.48 * s.nose_half_width * flare, base_y + 0.03],
+                  [0.0, base_y + 0.035],
+                  [0.48 * s.nose_half_width * flare, base_y + 0.03], [0.78 * s.nose_half_width * flare, base_y + 0.02]]
+    # Eyes 36..47: corners and lids at the thirds of the drawn lid curves.
+    for side, start in ((-1.0, 36), (1.0, 42)):
+        x, upper, lower = _eye_curves(s, side, expr, _EYE_T)  # outer, upper outer, upper inner, inner
+        if side < 0:   # image-left eye: outer corner, upper lid outer -> inner, inner corner, lower inner -> outer
+            ring = [(x[0], upper[0]), (x[1], upper[1]), (x[2], upper[2]), (x[3], upper[3]),
+                    (x[2], lower[2]), (x[1], lower[1])]
+        else:          # image-right eye: inner corner, upper lid inner -> outer, outer corner, lower outer -> inner
+            ring = [(x[3], upper[3]), (x[2], upper[2]), (x[1], upper[1]), (x[0], upper[0]),
+                    (x[1], lower[1]), (x[2], lower[2])]
+        out[start:start + 6] = ring
+    # Mouth: outer 48..59 (corners 48, 54; upper lip left -> right, lower lip right -> left), inner 60..67.
+    outer = _mouth_curves(s, expr, _OUTER_LIP_Q)
+    out[48:55] = np.stack([outer["x"], outer["outer_up"]], axis=1)
+    out[55:60] = np.stack([outer["x"], outer["outer_lo"]], axis=1)[5:0:-1]
+    inner = _mouth_curves(s, expr, _INNER_LIP_Q)
+    out[60:65] = np.stack([inner["x"], inner["inner_up"]], axis=1)
+    out[65:68] = np.stack([inner["x"], inner["inner_lo"]], axis=1)[3:0:-1]
+    return out
+
+
+def render_landmarks68(identity: Identity, aus: np.ndarray, config: RenderConfig = RenderConfig()) -> np.ndarray:
+    """The exact 68 iBUG 300-W points (OpenFace's order) of render_face(identity, aus, config):
+    float32 [68, 2] x, y in output pixels (pixel centres), computed from the same curves it draws.
+
+    Jaw 0-16 (the outline), brows 17-26 (centre lines), nose 27-35, eyes 36-47 (lid edges), lips 48-67
+    (lip edges; the drawn lips meet at the corners, so 48/60 and 54/64 coincide). They move with the
+    rendered AUs: brows with AU01/02/04, lids with AU05/AU06/AU45, nose base with AU09, mouth corners
+    with AU12/15, lips and jaw with AU25/26.
+    """
+    expr = _Expression.from_vector(_check_aus(aus))
+    canvas = _Canvas(identity, RenderConfig(config.image_size_px, 1, config.face_scale_frac, config.eye_y_frac))
+    points = _face_landmarks68(identity, expr) @ canvas.matrix.T + canvas.offset
+    # Drawing at supersample k then area-downsampling shifts coordinates by (k - 1) / (2k) pixels.
+    return (points - (config.supersample - 1) / (2 * config.supersample)).astype(np.float32)
 
 
 # ---------------------------------------------------------------- regions
@@ -763,16 +842,6 @@ def _face_aus(rng: np.random.Generator, au_mode: str) -> tuple[np.ndarray, int]:
     return aus, nearest_emotion(aus, RENDERED_AUS)
 
 
-def _eye_landmarks68(identity: Identity, config: RenderConfig) -> np.ndarray:
-    """A 68-point face [68, 2] in output pixels whose eye centres are the rendered eyes (for OpenFace CSVs)."""
-    from tasks.openface import synthetic_landmarks68
-
-    canvas = _Canvas(identity, RenderConfig(config.image_size_px, 1, config.face_scale_frac, config.eye_y_frac))
-    eyes = np.array([[-identity.shape.eye_x, identity.shape.eye_y], [identity.shape.eye_x, identity.shape.eye_y]])
-    px = eyes @ canvas.matrix.T + canvas.offset
-    return synthetic_landmarks68(px.mean(axis=0), float(np.linalg.norm(px[1] - px[0])))
-
-
 def _save_rgb(path: Path, image: np.ndarray) -> None:
     """PNG (lossless) or, for the RAF-DB layout, JPEG at quality 95 as RAF-DB ships."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -797,7 +866,8 @@ def write_synthetic_dataset(
 
     root/images/: layout "folders" = <split>/<Emotion>/<name>.png; "rafdb" = RAF-DB basic
         (EmoLabel/list_patition_label.txt + Image/aligned/<name>_aligned.jpg, JPEG as RAF-DB ships).
-    root/openface/<image stem>.csv: one OpenFace row per image.
+    root/openface/<image stem>.csv: one OpenFace row per image (the exact AUs x 5 and the face's exact 68
+        landmarks, render_landmarks68, in x_0..x_67, y_0..y_67).
     root/ground_truth.csv: name, split, identity_seed, label, the 17 AUs (0..1).
     The last round(test_fraction * n_identities) identities are test only: no identity is in both splits.
     au_mode "emotion": each face shows a jittered EMFACS prototype (over RENDERED_AUS), labelled by it;
@@ -829,7 +899,6 @@ def write_synthetic_dataset(
         id_seed = identity_seed(seed, i)
         identities[split].append(id_seed)
         identity = random_identity(id_seed)
-        landmarks = _eye_landmarks68(identity, config)
         for k in range(per_identity):
             rng = np.random.default_rng(int(stable_hash(["synthetic-face", int(seed), i, k], 15), 16))
             aus, label = _face_aus(rng, au_mode)
@@ -842,7 +911,8 @@ def write_synthetic_dataset(
                 rafdb_lines.append(f"{name}.jpg {label}")
             _save_rgb(path, render_face(identity, aus, config))
             write_openface_csv(openface_dir / f"{path.stem}.csv",
-                               [OpenFaceRow(aus=aus * AU_INTENSITY_MAX, landmarks68=landmarks)],
+                               [OpenFaceRow(aus=aus * AU_INTENSITY_MAX,
+                                            landmarks68=render_landmarks68(identity, aus, config))],
                                variant=openface_variant)
             truth_lines.append(f"{path.stem},{split},{id_seed},{label}," + ",".join(repr(float(v)) for v in aus))
             counts[split][EMOTIONS[label]] += 1

@@ -8,8 +8,9 @@ import numpy as np
 
 from scipy.spatial import Delaunay
 
-from models.au_shape import INNER_LIPS, N_LANDMARKS, ORDERED_PAIRS, OUTER_LIPS, AUShapeModel, face_frame
+from models.au_shape import INNER_LIPS, ORDERED_PAIRS, OUTER_LIPS, AUShapeModel, face_frame
 from tasks.errors import RejectError
+from tasks.landmarks import check_landmarks
 
 STAGE = "warp"
 
@@ -349,34 +350,6 @@ def check_au_vector(values, name: str) -> np.ndarray:
     return array
 
 
-# Landmarks may sit this far outside the crop (a fraction of its side): a jaw or brow cut by a tight crop.
-_OFF_CROP_TOLERANCE = 0.1
-# The points must span a face: the thinner side of their spread (smallest singular value) at least this (px).
-_MIN_SPREAD_PX = 2.0
-
-
-def check_points(landmarks, size_px: int) -> np.ndarray:
-    """68 finite points [68, 2] on the crop that span an area, else RejectError landmarks_missing / _off_crop /
-    _degenerate."""
-    if landmarks is None:
-        raise RejectError(STAGE, "landmarks_missing", "no landmarks for this face (prepare with --landmarks)")
-    points = np.asarray(landmarks, np.float64)
-    if points.shape == (2 * N_LANDMARKS,):
-        points = points.reshape(N_LANDMARKS, 2)
-    if points.shape != (N_LANDMARKS, 2) or not np.all(np.isfinite(points)):
-        raise RejectError(STAGE, "landmarks_missing", f"need 68 finite landmarks, got shape {points.shape}")
-    slack = _OFF_CROP_TOLERANCE * size_px
-    if points.min() < -slack or points.max() > size_px - 1 + slack:
-        raise RejectError(STAGE, "landmarks_off_crop",
-                          f"landmarks span {points.min(0).round(1).tolist()}..{points.max(0).round(1).tolist()}, "
-                          f"outside the {size_px} px crop")
-    spread = np.linalg.svd(points - points.mean(0), compute_uv=False) / np.sqrt(N_LANDMARKS)
-    if spread.min() < _MIN_SPREAD_PX:
-        raise RejectError(STAGE, "landmarks_degenerate",
-                          f"the 68 points are (nearly) collinear or coincide: spread {spread.round(2).tolist()} px")
-    return points
-
-
 class WarpEditor:
     """Edits aligned faces toward AU targets by moving their landmarks (AU shape model) and warping the pixels."""
 
@@ -392,7 +365,7 @@ class WarpEditor:
         """One edit; RejectError for bad AU vectors, bad landmarks or a warp that would fold."""
         target = check_au_vector(au_target, "target")
         source = np.zeros(17) if au_source is None else check_au_vector(au_source, "source")
-        points = check_points(landmarks, image.shape[0])
+        points = check_landmarks(landmarks, image.shape[0]).astype(np.float64)
         try:
             goal = self.shape_model.target_landmarks(points, source, target)
         except ValueError as err:

@@ -32,6 +32,40 @@ def load_grace_hopper() -> np.ndarray:
         return np.asarray(im.convert("RGB")).copy()
 
 
+def shared_data_dir() -> Path:
+    """../shared/data next to the repository: real data for development, absent from a user's clone.
+    SINGANIMATION_SHARED_DATA points elsewhere (a git worktree sits away from ../shared)."""
+    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(os.environ.get("SINGANIMATION_SHARED_DATA", default))
+
+
+def load_ck48_faces(root: Path, n: int, size_px: int = 128) -> list[tuple[str, np.ndarray]]:
+    """(name, RGB uint8 [size, size, 3]) of the first image of the first n CK+48 subjects (by file name):
+    48 px grey upsampled (cubic) and repeated to RGB. One face per subject, so no person repeats."""
+    import cv2
+
+    by_subject: dict[str, Path] = {}
+    for path in sorted(Path(root).glob("*/*.png"), key=lambda p: p.name):
+        by_subject.setdefault(path.name.split("_")[0], path)
+    out = []
+    for subject in sorted(by_subject)[:n]:
+        path = by_subject[subject]
+        grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        big = cv2.resize(grey, (size_px, size_px), interpolation=cv2.INTER_CUBIC)
+        out.append((f"ck48/{path.parent.name}/{path.name}", cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared real data folder; tests that need it skip with the reason when it is absent."""
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (real data for development, not part of a clone; "
+                    "set SINGANIMATION_SHARED_DATA to use another copy)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def astronaut_rgb() -> np.ndarray:
     return load_astronaut()

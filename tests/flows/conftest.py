@@ -13,26 +13,30 @@ def prefect_backend():
 
 
 def write_synthetic_prepared(root, train_labels=(4, 4, 7, 5), test_labels=(4, 7), size_px: int = 32):
-    """A prepared output root made of synthetic faces with known AUs (no MTCNN needed)."""
+    """A prepared output root made of synthetic faces with known AUs and exact landmarks (no MTCNN needed)."""
     import numpy as np
 
     from manifests.dataset import encode_png_rgb
     from manifests.schema import make_sample_id, sha256_bytes
     from manifests.writer import Sample, commit_unit
-    from tasks.synthetic import RenderConfig, random_aus, random_identity, render_face
+    from tasks.landmarks import flatten_landmarks
+    from tasks.synthetic import RenderConfig, random_aus, random_identity, render_face, render_landmarks68
 
     rng = np.random.default_rng(0)
     for split, labels in (("train", train_labels), ("test", test_labels)):
         samples = []
         for i, label in enumerate(labels):
             aus = random_aus(rng)
-            rgb = render_face(random_identity(100 * (split == "test") + i), aus, RenderConfig(image_size_px=size_px))
+            identity, config = random_identity(100 * (split == "test") + i), RenderConfig(image_size_px=size_px)
+            rgb = render_face(identity, aus, config)
             png = encode_png_rgb(rgb)
             sha = sha256_bytes(png)
             row = {"sample_id": make_sample_id(sha, "original"), "split": split, "source_id": f"{split}/{i}",
                    "source_sha256": sha, "stage": "original", "edit_kind": "none", "label": label,
-                   "label_kind": "original", "au_source": [float(a) for a in aus], "width": size_px,
-                   "height": size_px, "model_versions": "test", "run_id": "prep"}
+                   "label_kind": "original", "au_source": [float(a) for a in aus],
+                   # The renderer's exact points, as prepare reads them from the OpenFace CSVs it writes.
+                   "landmarks": flatten_landmarks(render_landmarks68(identity, aus, config)), "landmark_source": "openface",
+                   "width": size_px, "height": size_px, "model_versions": "test", "run_id": "prep"}
             samples.append(Sample(png, row))
         commit_unit(root, split=split, run_name="prepare", unit_id=f"{split}-00000", samples=samples)
     return root

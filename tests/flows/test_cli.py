@@ -55,7 +55,7 @@ def test_prepare_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
 def test_verify_exit_codes(tmp_path, capsys):
     row = {"sample_id": "abc", "split": "train", "source_id": "s", "source_sha256": "0" * 64, "stage": "original",
            "edit_kind": "none", "label": 4, "label_kind": "original", "au_source": [0.0] * N_AUS, "width": 8,
-           "height": 8, "model_versions": "t", "run_id": "r"}
+           "height": 8, "landmarks": None, "landmark_source": "none", "model_versions": "t", "run_id": "r"}
     commit_unit(tmp_path, split="train", run_name="t", unit_id="u", samples=[Sample(encode_png_rgb(np.zeros((8, 8, 3), np.uint8)), row)])
     assert main(["verify", str(tmp_path)]) == 0
     assert "OK: 1 rows" in capsys.readouterr().out

@@ -63,6 +63,11 @@ def test_expand_counts_provenance_and_read_back(expanded):
         parents = [e for e in edits if e["source_id"] == g["source_id"] and e["au_target"] == g["au_target"]]
         assert len(parents) == 1 and parents[0]["label"] == g["label"]
     assert len({r["sample_id"] for r in rows}) == len(rows)
+    # GANimation does not say where it moved the features: its edits (and their regenerations) carry no points.
+    source_points = {r["source_id"]: (r["landmarks"], r["landmark_source"]) for r in by("train", "original")}
+    assert all(len(points) == 136 and kind == "openface" for points, kind in source_points.values())
+    for r in edits + regens:
+        assert r["landmarks"] is None and r["landmark_source"] == "none"
     data = ManifestDataset(out, split="train", stage="singan")
     image, label, aus, row = data[0]
     assert image.shape == (3, SIZE_PX, SIZE_PX) and label == row["label"] and torch.isfinite(aus).all()
@@ -121,3 +126,35 @@ def test_dry_run_plan_and_validation(prepared, checkpoint, tmp_path):
     assert warp.resolved_editor() == "warp" and warp.job("r").editor == "warp"
     assert _settings(prepared, checkpoint, tmp_path).resolved_editor() == "ganimation"
     assert _settings(prepared, None, tmp_path, plan=PlanSettings(kind="none")).resolved_editor() is None
+
+
+def test_warp_editor_end_to_end(prepared, tmp_path):
+    """No GANimation checkpoint: the landmark warp edits, its rows carry the moved points, SinGAN regenerates them."""
+    import numpy as np
+
+    from models.au_shape import default_au_shape_model
+
+    summary = expand(_settings(prepared, None, tmp_path, regenerations=1))
+    assert summary["verify_ok"]
+    rows = read_manifest(tmp_path).to_pylist()
+    originals = {r["source_id"]: r for r in rows if r["stage"] == "original" and r["split"] == "train"}
+    warps = [r for r in rows if r["stage"] == "warp"]
+    regens = [r for r in rows if r["stage"] == "singan"]
+    assert len(warps) == 4 * 2 and len(regens) == 4 * 2 and not [r for r in rows if r["stage"] == "ganimation"]
+    model = default_au_shape_model()
+    for w in warps:
+        source = originals[w["source_id"]]
+        assert f"editor:warp:{model.version}" in w["model_versions"] and w["quality"]["warp_fraction"] > 0.5
+        assert w["landmark_source"] == "openface" and w["landmarks"] != source["landmarks"]
+        planned = model.target_landmarks(np.reshape(source["landmarks"], (68, 2)), np.asarray(source["au_source"]),
+                                         np.asarray(w["au_target"]))
+        if w["quality"]["warp_fraction"] == 1.0:
+            np.testing.assert_allclose(np.reshape(w["landmarks"], (68, 2)), planned, atol=1e-3)
+        assert w["label"] != source["label"] and w["label_kind"] == "target"
+    for g in regens:
+        parent = [w for w in warps if w["source_id"] == g["source_id"] and w["au_target"] == g["au_target"]]
+        assert len(parent) == 1 and g["landmarks"] == parent[0]["landmarks"]
+    # resume: a second run skips every unit and the manifest is unchanged
+    again = expand(_settings(prepared, None, tmp_path, regenerations=1))
+    assert again["skipped_units"] == again["units"]
+    assert _comparable(tmp_path) == [{k: v for k, v in r.items() if k != "run_id"} for r in rows]

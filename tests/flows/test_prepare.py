@@ -97,3 +97,26 @@ def test_missing_aus_can_be_kept(sample, tmp_path):
     prepare(settings)
     table = read_manifest(tmp_path, filter=pc.field("source_id") == "train/surprise/grace_hopper_no_csv")
     assert table.num_rows == 1 and table.column("au_source").to_pylist() == [None]
+
+
+def test_landmarks_from_both_sources_on_real_photos(clean_run):
+    """CSVs with landmark columns give OpenFace's points (mapped through the alignment), the aus_only CSVs the
+    detector's; the sample CSVs' points were found by the detector in each photo, so both agree on the crop."""
+    import numpy as np
+
+    from manifests.dataset import decode_png_rgb
+    from manifests.shards import read_member
+    from tasks.landmarks import LandmarkDetector, check_landmarks
+
+    out, _ = clean_run
+    rows = read_manifest(out).to_pylist()
+    assert {r["landmark_source"] for r in rows} == {"openface", "detector"}
+    detector = LandmarkDetector()
+    for row in rows:
+        points = check_landmarks(row["landmarks"], 64)
+        assert "landmarks:auto/dlib-" in row["model_versions"]
+        if row["landmark_source"] == "openface":
+            crop = decode_png_rgb(read_member(out / row["shard"], row["offset"], row["size"]))
+            # Found at 128 px in the photo's own alignment, mapped to the photo and into this 64 px crop.
+            error_px = np.linalg.norm(points - detector.detect(crop), axis=1)
+            assert np.median(error_px) < 1.5 and error_px[36:68].mean() < 2.0, row["source_id"]

@@ -9,7 +9,7 @@ import torch
 
 from manifests.dataset import ManifestDataset, collate_samples, decode_png_rgb, encode_png_rgb
 from manifests.reader import read_manifest, read_rejects, verify
-from manifests.schema import MANIFEST_SCHEMA, N_AUS, make_sample_id
+from manifests.schema import MANIFEST_SCHEMA, N_AUS, N_LANDMARKS, make_sample_id
 from manifests.shards import list_members
 from manifests.writer import Sample, commit_unit, merge_rejects, unit_committed
 
@@ -23,6 +23,7 @@ def _sample(i: int, split: str = "train", stage: str = "original", label: int = 
         "stage": stage, "edit_kind": "none" if stage == "original" else "emotion",
         "label": label, "label_kind": "original" if stage == "original" else "target",
         "au_source": [i / 100.0] * N_AUS, "au_target": None if stage == "original" else [0.5] * N_AUS,
+        "landmarks": [i + k / 4.0 for k in range(2 * N_LANDMARKS)], "landmark_source": "detector",
         "seed": i, "width": 16, "height": 16, "model_versions": "test", "run_id": "run-1",
         "quality": {"faces_found": 1, "detect_prob": 0.99},
     }
@@ -44,6 +45,9 @@ def test_commit_read_verify_round_trip(tmp_path):
     table = read_manifest(tmp_path)
     assert table.schema.equals(MANIFEST_SCHEMA)
     assert table.num_rows == 8
+    rows = {r["source_id"]: r for r in table.to_pylist()}
+    assert rows["src3"]["landmark_source"] == "detector"
+    assert rows["src3"]["landmarks"] == [3 + k / 4.0 for k in range(2 * N_LANDMARKS)]  # exact in float32
     assert (tmp_path / "shards/train/t-train-00000.tar").is_file()
     assert (tmp_path / "shards/test/t-test-00000.tar").is_file()
     report = verify(tmp_path)
@@ -111,6 +115,14 @@ def test_commit_refuses_contract_breaks(tmp_path):
     sample, _ = _sample(0)
     with pytest.raises(ValueError, match="unit is 'test'"):
         commit_unit(tmp_path, split="test", run_name="t", unit_id="u", samples=[sample])
+    for update, message in (({"landmark_source": "dlib"}, "landmark_source='dlib'"),
+                            ({"landmarks": [1.0] * 10}, "landmarks has 10 values"),
+                            ({"landmark_source": "none"}, "landmarks is set"),
+                            ({"landmarks": None}, "landmarks is null")):
+        sample, _ = _sample(0)
+        sample.row.update(update)
+        with pytest.raises(ValueError, match=message):
+            commit_unit(tmp_path, split="train", run_name="t", unit_id="u", samples=[sample])
     # Nothing was committed by the refused calls.
     assert read_manifest(tmp_path).num_rows == 0
 

@@ -65,7 +65,7 @@ def _sample(split: str, label: int, index: int, stage: str = "original", source:
         "source_id": f"{split}-{label}-{index}", "source_sha256": sha256_bytes(source_png), "stage": stage,
         "edit_kind": "emotion" if generated else "none", "label": label,
         "label_kind": "target" if generated else "original", "au_source": [0.1] * N_AUS,
-        "au_target": [0.5] * N_AUS if generated else None, "seed": index,
+        "au_target": [0.5] * N_AUS if generated else None, "landmarks": None, "landmark_source": "none", "seed": index,
         "width": IMAGE_PX, "height": IMAGE_PX, "model_versions": "test", "run_id": "test-run",
     }
     return Sample(png=png, row=row)

