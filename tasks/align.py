@@ -143,6 +143,7 @@ class FaceAligner:
             if device is None:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             self.device = torch.device(device)
+            install_per_image_nms()
             self._mtcnn = MTCNN(min_face_size=config.min_face_size_px, keep_all=True, device=self.device).eval()
         else:
             self.device = None
@@ -282,6 +283,47 @@ class FaceAligner:
             crop=np.ascontiguousarray(crop), landmarks5_src=None, landmarks5_crop=None, box=None, prob=None,
             faces_found=1, transform=transform,
         )
+
+
+def install_per_image_nms() -> None:
+    """Make facenet-pytorch 2.5.3's batched MTCNN suppress boxes within each image only.
+
+    Its detect_face keeps images apart in non-maximum suppression by adding image_index *
+    (max coordinate + 1) to every box, which assumes coordinates are never negative. Boxes of
+    faces at the frame edge reach below zero (-72 px seen on real photos), so a box of image i+1
+    landed on a box of image i near the batch's largest coordinate and one suppressed the other:
+    a face's crop depended on its batch-mates. Both of its batched NMS helpers are replaced (in
+    that module only; idempotent) by a loop that runs the same NMS on each image's boxes alone,
+    so a batched run equals one image at a time.
+    """
+    from facenet_pytorch.models.utils import detect_face
+
+    if getattr(detect_face.batched_nms, "_per_image", False):
+        return
+    torch_nms, numpy_nms = detect_face.batched_nms, detect_face.batched_nms_numpy
+
+    def batched_nms(boxes, scores, idxs, threshold):
+        return _nms_each_image(torch_nms, boxes, scores, idxs, threshold)
+
+    def batched_nms_numpy(boxes, scores, idxs, threshold, method):
+        return _nms_each_image(numpy_nms, boxes, scores, idxs, threshold, method)
+
+    batched_nms._per_image = batched_nms_numpy._per_image = True
+    detect_face.batched_nms, detect_face.batched_nms_numpy = batched_nms, batched_nms_numpy
+
+
+def _nms_each_image(nms, boxes, scores, idxs, *args):
+    """Indices kept by `nms` run on each image's boxes separately (boxes [N, 4], scores [N], idxs [N])."""
+    import torch
+
+    kept = []
+    for image_index in torch.unique(idxs):  # sorted: images keep their batch order
+        members = torch.nonzero(idxs == image_index).flatten()  # [n_i]
+        picked = nms(boxes[members], scores[members], torch.zeros_like(members), *args)
+        kept.append(members[picked.to(members.device)])
+    if not kept:
+        return torch.empty((0,), dtype=torch.long, device=boxes.device)
+    return torch.cat(kept)
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -279,6 +279,46 @@ def test_mixed_size_batch_preserves_order_and_matches_single_runs(astronaut_rgb,
     assert results[4].box[2] < 300 and results[2].box[3] > 300
 
 
+def _place(image: np.ndarray, scale: float, tx: float, ty: float, side_px: int = 512) -> np.ndarray:
+    affine = np.float32([[scale, 0, tx], [0, scale, ty]])
+    return cv2.warpAffine(image, affine, (side_px, side_px), borderMode=cv2.BORDER_CONSTANT, borderValue=(90, 90, 90))
+
+
+def test_faces_at_the_frame_edge_do_not_suppress_each_other_across_a_batch(astronaut_rgb, grace_hopper_rgb) -> None:
+    """facenet-pytorch 2.5.3 offsets boxes per image assuming coordinates >= 0: a box at the bottom-right
+    corner of image i and a box reaching -100 px in image i+1 overlapped, so one face vanished (rejected)
+    and the other moved ~45 px in a batch, while each alone was fine. Batched must equal one at a time."""
+    aligner = FaceAligner(AlignConfig(image_size_px=128, batch_size=8), device="cpu")
+    corner_face = _place(astronaut_rgb, 0.5, 512 - 135, 512 - 87.5)   # small face, box ends past 512 px
+    cut_face = _place(grace_hopper_rgb, 1.0, -180, -145)                # face cut at the top-left: box < 0
+    big_photo = cv2.resize(grace_hopper_rgb, (1024, 1200), interpolation=cv2.INTER_CUBIC)
+    images = [corner_face, cut_face, astronaut_rgb, big_photo]
+    batched = aligner.align(images)
+    for i, image in enumerate(images):
+        (alone,) = aligner.align([image])
+        assert isinstance(alone, AlignedFace) and isinstance(batched[i], AlignedFace), (i, alone, batched[i])
+        assert batched[i].box.min() < 0 or i != 1  # the case the library got wrong really is present
+        np.testing.assert_allclose(batched[i].landmarks5_src, alone.landmarks5_src, atol=1e-3)
+        assert np.array_equal(batched[i].crop, alone.crop)
+
+
+def test_per_image_nms_keeps_boxes_of_different_images_apart() -> None:
+    import torch
+    from facenet_pytorch.models.utils import detect_face
+
+    from tasks.align import install_per_image_nms
+
+    install_per_image_nms()
+    # image 0: box at the batch's largest coordinate; image 1: the same size box reaching -101 px.
+    boxes = torch.tensor([[400.0, 400.0, 500.0, 500.0], [-101.0, -101.0, -1.0, -1.0]])
+    scores, idxs = torch.tensor([0.9, 0.8]), torch.tensor([0, 1])
+    assert sorted(detect_face.batched_nms(boxes, scores, idxs, 0.7).tolist()) == [0, 1]
+    assert sorted(detect_face.batched_nms_numpy(boxes, scores, idxs, 0.7, "Min").tolist()) == [0, 1]
+    # within one image, suppression still happens
+    same = torch.tensor([0, 0])
+    assert detect_face.batched_nms(boxes[[0, 0]], scores, same, 0.7).tolist() == [0]
+
+
 def test_non_rgb_uint8_arrays_are_a_caller_error(aligner) -> None:
     with pytest.raises(ValueError, match="uint8"):
         aligner.align([np.zeros((64, 64, 3), dtype=np.float32)])
