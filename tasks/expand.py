@@ -24,6 +24,7 @@ from models.singan import SinGANConfig, preset
 from tasks.errors import RejectError
 from tasks.singan import SinGANSampleConfig, derive_seed, regenerate_faces, ssim_to_source
 from tasks.targets import Edit
+from tasks.units import hash_bucket_units
 
 PACKAGE_VERSION = "0.1.0"
 
@@ -108,17 +109,24 @@ def load_original_rows(prepared: str | os.PathLike) -> list[dict]:
     return sorted(rows, key=lambda r: (r["split"], r["source_id"]))
 
 
-def plan_expand_units(rows: Sequence[dict], unit_size: int, config_hash: str, include_test: bool) -> list[ExpandUnit]:
-    """Units of at most unit_size sources, never mixing splits; ids hash their sorted sources + the config."""
-    if unit_size < 1:
-        raise ValueError(f"unit_size must be >= 1, got {unit_size}")
+def plan_expand_units(rows: Sequence[dict], unit_size: int, config_hash: str, include_test: bool,
+                      edits: Sequence[Edit] = ()) -> list[ExpandUnit]:
+    """Hash buckets of at most unit_size sources (tasks.units), never mixing splits.
+
+    A unit's id hashes the config, its sources' original sample ids (source bytes + alignment) and the
+    edits planned for them: when the prepared dataset grows, only units that gained a source (or whose
+    sources or edits changed) get a new id; the rest keep theirs and are skipped.
+    """
+    edits_of: dict[str, list[dict]] = {}
+    for edit in edits:
+        edits_of.setdefault(edit.source_id, []).append(edit.as_dict())
     units = []
     for split in ("train", "test") if include_test else ("train",):
-        ids = sorted(r["source_id"] for r in rows if r["split"] == split)
-        for index, start in enumerate(range(0, len(ids), unit_size)):
-            chunk = tuple(ids[start:start + unit_size])
-            digest = stable_hash([config_hash, split, list(chunk)], 10)
-            units.append(ExpandUnit(f"{split}-{index:05d}-{digest}", split, chunk))
+        sample_of = {r["source_id"]: r["sample_id"] for r in rows if r["split"] == split}
+        for bucket, ids in hash_bucket_units(sample_of, unit_size):
+            inputs = [[i, sample_of[i], edits_of.get(i, [])] for i in ids]
+            digest = stable_hash([config_hash, split, inputs], 10)
+            units.append(ExpandUnit(f"{split}-{bucket}-{digest}", split, tuple(ids)))
     return units
 
 

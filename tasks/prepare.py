@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
@@ -15,18 +16,22 @@ import numpy as np
 from manifests.dataset import encode_png_rgb
 from manifests.schema import make_sample_id, stable_hash
 from manifests.writer import Sample, commit_unit, unit_committed
-from tasks.align import AlignConfig, AlignedFace, FaceAligner
+from tasks.align import OUT_OF_FRAME_WARN, AlignConfig, AlignedFace, FaceAligner
 from tasks.errors import RejectError
 from tasks.imageio import load_image_rgb
 from tasks.ingest import SourceRecord
+from tasks.units import hash_bucket_units
 from tasks.openface import (
+    AUPickle,
     OpenFaceConfig,
     find_au_file,
-    read_ganimation_pkl,
+    load_ganimation_pkl,
     read_openface_csv,
 )
 
 PACKAGE_VERSION = "0.1.0"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,19 +53,39 @@ class WorkUnit:
     unit_id: str
     split: str
     records: tuple[SourceRecord, ...]
+    shared_stems: frozenset[str] = frozenset()  # file stems of this unit's sources that other sources share too
+
+
+class AUSourceError(ValueError):
+    """--aus cannot serve this dataset at all (missing, a single CSV, or matching no image): said before any work."""
+
+
+def image_stem(record: SourceRecord) -> str:
+    return Path(record.path).stem
+
+
+def shared_stems(records: list[SourceRecord]) -> frozenset[str]:
+    """File stems carried by more than one source (e.g. Happiness/face.png and Sadness/face.png)."""
+    counts = Counter(image_stem(r) for r in records)
+    return frozenset(stem for stem, n in counts.items() if n > 1)
 
 
 def plan_units(records: list[SourceRecord], unit_size: int, config_hash: str) -> list[WorkUnit]:
-    """Chunks of at most unit_size sources, never mixing splits; ids hash their sorted sources + the config."""
-    if unit_size < 1:
-        raise ValueError(f"unit_size must be >= 1, got {unit_size}")
+    """Hash buckets of at most unit_size sources (tasks.units), never mixing splits.
+
+    A unit's id hashes its sources, their sha256 and the config: a unit whose sources are unchanged keeps
+    its id when the dataset grows (and is skipped), while one that gained, lost or changed a source gets a
+    new id; the old one is retired by manifests.writer.retire_units.
+    """
+    shared = shared_stems(records)
     units = []
     for split in ("train", "test"):
-        chosen = sorted((r for r in records if r.split == split), key=lambda r: r.source_id)
-        for index, start in enumerate(range(0, len(chosen), unit_size)):
-            chunk = tuple(chosen[start:start + unit_size])
-            digest = stable_hash([config_hash, [r.source_id for r in chunk], [r.sha256 for r in chunk]], 10)
-            units.append(WorkUnit(f"{split}-{index:05d}-{digest}", split, chunk))
+        by_id = {r.source_id: r for r in records if r.split == split}
+        for bucket, ids in hash_bucket_units(by_id, unit_size):
+            chunk = tuple(by_id[i] for i in ids)
+            mine = frozenset(image_stem(r) for r in chunk) & shared  # changes which AU file matches: part of the id
+            digest = stable_hash([config_hash, [r.source_id for r in chunk], [r.sha256 for r in chunk], sorted(mine)], 10)
+            units.append(WorkUnit(f"{split}-{bucket}-{digest}", split, chunk, mine))
     return units
 
 
@@ -71,25 +96,103 @@ def _aligner(config: AlignConfig, device: str | None) -> FaceAligner:
 
 
 @functools.lru_cache(maxsize=4)
-def _pkl_aus(path: str) -> dict[str, np.ndarray]:
-    return read_ganimation_pkl(path)
+def _pkl_aus(path: str, mtime_ns: int) -> AUPickle | RejectError:
+    # One load per file version and process; a failed load is cached too, not retried per image.
+    try:
+        return load_ganimation_pkl(path)
+    except RejectError as err:
+        return err
 
 
-def read_source_aus(record: SourceRecord, face: AlignedFace, config: AUConfig) -> tuple[list[float] | None, float | None]:
+def load_au_pickle(path: str | os.PathLike) -> AUPickle:
+    """The (cached) aus_openface.pkl; RejectError, also cached, when the file as a whole is unusable."""
+    path = Path(path)
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except OSError:
+        mtime_ns = -1
+    table = _pkl_aus(str(path), mtime_ns)
+    if isinstance(table, RejectError):
+        raise table
+    return table
+
+
+def check_au_source(records: list[SourceRecord], config: AUConfig) -> str | None:
+    """Refuse an --aus that cannot serve this dataset, before any work; return a note on how many images it covers.
+
+    Refused: a path that does not exist, a single CSV (AUs come as one CSV per image in a folder, or as
+    aus_openface.pkl), and a folder or pickle that matches none of the images (a typo, or the wrong folder).
+    """
+    if config.path is None or not records:
+        return None
+    source = Path(config.path)
+    if not source.exists():
+        raise AUSourceError(f"--aus {source} does not exist")
+    if source.is_file() and source.suffix.lower() == ".csv":
+        raise AUSourceError(f"--aus {source} is a single CSV; AUs are read from a folder of OpenFace CSVs, one per "
+                            f"image (<image stem>.csv), or from GANimation's aus_openface.pkl: pass the folder")
+    if source.is_file() and source.suffix.lower() not in (".pkl", ".pickle"):
+        raise AUSourceError(f"--aus {source} is neither a folder of OpenFace CSVs nor an aus_openface.pkl")
+    if source.is_file():
+        try:
+            table = load_au_pickle(source)
+        except RejectError:
+            return None  # every image gets this reject with its reason; the run says so per image
+        matched = sum(table.lookup(_pkl_keys(r)) is not None for r in records)
+    else:
+        matched = sum(_au_csv_for(r, source, config, frozenset()) is not None for r in records)
+    if matched == 0:
+        example = records[0]
+        tried = ", ".join(p.format(stem=image_stem(example)) for p in config.openface.csv_patterns)
+        what = f"has no entry for any of the {len(records)} images (e.g. {image_stem(example)!r})" if source.is_file() \
+            else f"holds no AU file for any of the {len(records)} images (for {example.source_id} it looked for {tried})"
+        raise AUSourceError(f"--aus {source} {what}; check the path, or leave --aus out to prepare without AUs")
+    return f"--aus {source} covers {matched} of {len(records)} images"
+
+
+def _pkl_keys(record: SourceRecord) -> list[str]:
+    stem = image_stem(record)
+    return [record.source_id, stem, stem.removesuffix("_aligned")]
+
+
+def _au_csv_for(record: SourceRecord, source: Path, config: AUConfig, shared: frozenset[str]) -> Path | None:
+    """The record's AU CSV: by relative path (<aus>/<source id>.csv) first; by file stem only when that stem is
+    not shared with another image (RejectError au_file_ambiguous when it is and no relative-path file exists)."""
+    relative = find_au_file(PurePosixPath(record.source_id).name, source / PurePosixPath(record.source_id).parent,
+                            config.openface.csv_patterns) if "/" in record.source_id else None
+    if relative is not None:
+        return relative
+    stem = image_stem(record)
+    found = find_au_file(stem, source, config.openface.csv_patterns)
+    if found is not None and stem in shared:
+        raise RejectError("openface", "au_file_ambiguous",
+                          f"{found.name} in {source} could belong to several images named {stem!r}; put each one's "
+                          f"AU file at {source}/<source id>.csv (here {source / record.source_id}.csv)")
+    return found
+
+
+def read_source_aus(record: SourceRecord, face: AlignedFace, config: AUConfig,
+                    shared: frozenset[str] = frozenset()) -> tuple[list[float] | None, float | None]:
     """AUs (0..1, fixed order) for one source and the OpenFace confidence; RejectError when unusable."""
     if config.path is None:
         return None, None
-    stem = Path(record.path).stem
+    stem = image_stem(record)
     source = Path(config.path)
     if source.suffix == ".pkl":
-        table = _pkl_aus(str(source))
-        for key in (stem, stem.removesuffix("_aligned"), record.source_id):
-            if key in table:
-                return [float(v) for v in table[key]], None
+        table = load_au_pickle(source)
+        found = table.lookup(_pkl_keys(record))
+        if found is not None and stem in shared and table.lookup([record.source_id]) is None:
+            raise RejectError("openface", "au_file_ambiguous",
+                              f"{source.name}'s entry {stem!r} could belong to several images with that name; key the "
+                              f"entries by source id (here {record.source_id!r})")
+        if isinstance(found, RejectError):
+            raise found
+        if found is not None:
+            return [float(v) for v in found], None
         if config.missing == "keep":
             return None, None
         raise RejectError("openface", "au_file_missing", f"{source.name} has no entry for {stem!r}")
-    csv_path = find_au_file(stem, source, config.openface.csv_patterns)
+    csv_path = _au_csv_for(record, source, config, shared)
     if csv_path is None:
         if config.missing == "keep":
             return None, None
@@ -128,7 +231,7 @@ def prepare_unit(
         try:
             if isinstance(face, RejectError):
                 raise face
-            au_source, au_confidence = read_source_aus(record, face, aus)
+            au_source, au_confidence = read_source_aus(record, face, aus, unit.shared_stems)
         except RejectError as err:
             rejects.append(err.as_row(record.source_id))
             continue
@@ -140,8 +243,12 @@ def prepare_unit(
             "au_source": au_source, "au_target": None, "alpha": None,
             "singan_start_scale": None, "singan_sample": None, "seed": None,
             "width": size, "height": size, "model_versions": versions, "run_id": run_id,
-            "quality": {"faces_found": face.faces_found if align.mode == "mtcnn" else None, "detect_prob": face.prob, "au_confidence": au_confidence},
+            "quality": {"faces_found": face.faces_found if align.mode == "mtcnn" else None, "detect_prob": face.prob,
+                        "out_of_frame": face.out_of_frame, "au_confidence": au_confidence},
         }
+        if face.out_of_frame > OUT_OF_FRAME_WARN:
+            log.warning(f"{record.source_id}: {face.out_of_frame:.0%} of its crop lies outside the source image "
+                        f"(edge smear; rejected above {align.max_out_of_frame:.0%})")
         meta = {k: row[k] for k in ("source_id", "split", "stage", "label", "au_source")}
         samples.append(Sample(png=encode_png_rgb(face.crop), row=row, meta=meta))
     written = commit_unit(out_root, split=unit.split, run_name=run_name, unit_id=unit.unit_id, samples=samples, rejects=rejects)

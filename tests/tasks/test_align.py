@@ -288,7 +288,8 @@ def test_faces_at_the_frame_edge_do_not_suppress_each_other_across_a_batch(astro
     """facenet-pytorch 2.5.3 offsets boxes per image assuming coordinates >= 0: a box at the bottom-right
     corner of image i and a box reaching -100 px in image i+1 overlapped, so one face vanished (rejected)
     and the other moved ~45 px in a batch, while each alone was fine. Batched must equal one at a time."""
-    aligner = FaceAligner(AlignConfig(image_size_px=128, batch_size=8), device="cpu")
+    # max_out_of_frame=1: the cut face is mostly outside its frame; this test is about the suppression only
+    aligner = FaceAligner(AlignConfig(image_size_px=128, batch_size=8, max_out_of_frame=1.0), device="cpu")
     corner_face = _place(astronaut_rgb, 0.5, 512 - 135, 512 - 87.5)   # small face, box ends past 512 px
     cut_face = _place(grace_hopper_rgb, 1.0, -180, -145)                # face cut at the top-left: box < 0
     big_photo = cv2.resize(grace_hopper_rgb, (1024, 1200), interpolation=cv2.INTER_CUBIC)
@@ -354,3 +355,18 @@ def _blurred_mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     """Mean |a - b| (0..255) after a 3 px blur, so a 1 px shift of fine texture does not dominate."""
     blur = lambda image: cv2.GaussianBlur(image.astype(np.float32), (0, 0), 3)
     return float(np.abs(blur(a) - blur(b)).mean())
+
+
+def test_out_of_frame_share_is_recorded_and_rejected_above_the_limit(astronaut_rgb) -> None:
+    from tasks.align import MAX_OUT_OF_FRAME, out_of_frame_share
+
+    assert out_of_frame_share(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (64, 64), 64) == 0.0
+    assert out_of_frame_share(np.array([[1.0, 0, 32], [0, 1.0, 0]]), (64, 64), 64) == 0.5  # left half from x < 0
+    tolerant = FaceAligner(AlignConfig(image_size_px=64, max_out_of_frame=1.0), device="cpu")
+    whole, = tolerant.align([astronaut_rgb])
+    assert whole.out_of_frame == 0.0
+    tight = cv2.resize(astronaut_rgb[70:170, 160:280], (96, 80))  # an already-cropped face, like CK+ crops
+    cropped, = tolerant.align([tight])
+    assert cropped.out_of_frame > MAX_OUT_OF_FRAME
+    strict, = FaceAligner(AlignConfig(image_size_px=64), device="cpu").align([tight])
+    assert isinstance(strict, RejectError) and strict.reason == "face_out_of_frame" and "--align none" in strict.detail
