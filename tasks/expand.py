@@ -111,7 +111,7 @@ def load_original_rows(prepared: str | os.PathLike) -> list[dict]:
 
 def plan_expand_units(rows: Sequence[dict], unit_size: int, config_hash: str, include_test: bool,
                       edits: Sequence[Edit] = ()) -> list[ExpandUnit]:
-    """Hash buckets of at most unit_size sources (tasks.units), never mixing splits.
+    """Hash buckets of unit_size / 2 .. unit_size sources on average (tasks.units), never mixing splits.
 
     A unit's id hashes the config, its sources' original sample ids (source bytes + alignment) and the
     edits planned for them: when the prepared dataset grows, only units that gained a source (or whose

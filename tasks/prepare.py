@@ -71,7 +71,7 @@ def shared_stems(records: list[SourceRecord]) -> frozenset[str]:
 
 
 def plan_units(records: list[SourceRecord], unit_size: int, config_hash: str) -> list[WorkUnit]:
-    """Hash buckets of at most unit_size sources (tasks.units), never mixing splits.
+    """Hash buckets of unit_size / 2 .. unit_size sources on average (tasks.units), never mixing splits.
 
     A unit's id hashes its sources, their sha256 and the config: a unit whose sources are unchanged keeps
     its id when the dataset grows (and is skipped), while one that gained, lost or changed a source gets a
