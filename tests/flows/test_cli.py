@@ -48,7 +48,7 @@ def test_prepare_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["images_per_split_and_label"]["train"]["Happiness"] == 5
     assert plan["images_per_split_and_label"]["test"]["Neutral"] == 1
-    assert plan["work_units"] == 4 and plan["settings"]["unit_size"] == 4
+    assert plan["work_units"] == 5 and plan["settings"]["unit_size"] == 4  # hash buckets (tasks.units), per split
     assert not out.exists()
 
 
