@@ -14,7 +14,7 @@ from tqdm import tqdm
 from flows._run import current_run_id, publish_report, settings_hash, write_run_config
 from manifests.reader import verify
 from manifests.schema import EMOTIONS, stable_hash
-from manifests.writer import merge_rejects, retire_units, write_rejects_part
+from manifests.writer import committed_units, merge_rejects, retire_units, write_rejects_part
 from models.singan import PRESETS, pyramid_sizes, scale_channels
 from tasks.expand import (
     ExpandJob,
@@ -248,7 +248,8 @@ def expand(settings: ExpandSettings) -> dict:
     logger.info(f"{len(plan.edits)} edits planned ({dict(Counter(e.edit_kind for e in plan.edits))})")
 
     # 4. Cut into work units (one shard + one manifest part each).
-    units = plan_expand_units(rows, settings.unit_size, config_hash, settings.test_split == "copy", plan.edits)
+    units = plan_expand_units(rows, settings.unit_size, config_hash, settings.test_split == "copy", plan.edits,
+                              committed_units(settings.out))
     retired = retire_units(settings.out, {u.unit_id for u in units})
     if retired:
         logger.info(f"{len(retired)} committed units no longer match the prepared dataset or the plan and were "

@@ -19,7 +19,7 @@ from flows._run import (
     write_run_config,
 )
 from manifests.reader import verify
-from manifests.writer import merge_rejects, retire_units, write_rejects_part
+from manifests.writer import committed_units, merge_rejects, retire_units, write_rejects_part
 from tasks.align import AlignConfig
 from tasks.ingest import IngestConfig, ingest_dataset, inputs_fingerprint
 from tasks.prepare import AUConfig, check_au_source, plan_units, prepare_unit
@@ -94,7 +94,7 @@ def prepare(settings: PrepareSettings) -> dict:
     # 3. Cut into work units (one shard + one manifest part each). Units are hash buckets of source ids
     #    whose ids hash their inputs: on a grown or edited dataset, units that no longer match are
     #    retired and redone, the rest are skipped (an incremental update, correct by construction).
-    units = plan_units(ingested.records, settings.unit_size, config_hash)
+    units = plan_units(ingested.records, settings.unit_size, config_hash, committed_units(out))
     retired = retire_units(out, {u.unit_id for u in units})
     logger.info(f"{len(units)} work units of up to {settings.unit_size} images")
     if previous not in (None, fingerprint):

@@ -29,6 +29,8 @@ SHARDS_DIR = "shards"
 REJECTS_DIR = "rejects"
 REJECTS_FILE = "rejects.parquet"
 
+UNIT_MEMBERSHIP_KEY = "singanimation.unit_membership"
+
 # The unit id at the end of a shard name: <split>-<bucket or index>-<10 hex digest>.
 _UNIT_SHARD = re.compile(r"-(?P<unit>(?:train|test)-[0-9a-z]+-[0-9a-f]{10})$")
 
@@ -116,9 +118,12 @@ def commit_unit(
     unit_id: str,
     samples: Iterable[Sample],
     rejects: list[dict[str, str]] | None = None,
+    membership: str | None = None,
 ) -> int:
     """Write one unit: shard (atomic), then its rejects part, then its manifest part (the commit point).
 
+    membership: JSON naming the unit's sources (tasks.units), stored in the part's Parquet metadata so that a
+    later run can tell whether the unit still matches its inputs (committed_units).
     Returns the number of samples written. A crash before the manifest part leaves the unit uncommitted,
     and a re-run writes it again; the shard's bytes are deterministic, so nothing is duplicated.
     """
@@ -140,6 +145,8 @@ def commit_unit(
             for s, loc in zip(samples, locations):
                 rows.append({**s.row, "shard": rel, "offset": loc.offset, "size": loc.size, "sha256": loc.sha256})
         table = rows_to_table(rows)
+        if membership is not None:
+            table = table.replace_schema_metadata({UNIT_MEMBERSHIP_KEY: membership})
         write_rejects_part(out_root, unit_id, rejects or [])
         atomic_write_table(table, part_path(out_root, unit_id))
     except Exception:
@@ -147,6 +154,20 @@ def commit_unit(
             (out_root / rel).unlink(missing_ok=True)
         raise
     return len(rows)
+
+
+def committed_units(out_root: str | os.PathLike) -> dict[str, str | None]:
+    """Unit id -> the membership JSON stored with its manifest part (None when absent or unreadable)."""
+    units: dict[str, str | None] = {}
+    for part in sorted((Path(out_root) / MANIFEST_DIR).glob("part-*.parquet")):
+        unit_id = part.name[len("part-"):-len(".parquet")]
+        try:
+            metadata = pq.read_schema(part).metadata or {}
+        except Exception:  # a damaged part is not a usable commit: its unit is planned again
+            metadata = {}
+        value = metadata.get(UNIT_MEMBERSHIP_KEY.encode())
+        units[unit_id] = value.decode() if value else None
+    return units
 
 
 def retire_units(out_root: str | os.PathLike, keep: set[str]) -> list[str]:

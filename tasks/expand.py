@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from models.singan import SinGANConfig, preset
 from tasks.errors import RejectError
 from tasks.singan import SinGANSampleConfig, derive_seed, regenerate_faces, ssim_to_source
 from tasks.targets import Edit
-from tasks.units import hash_bucket_units
+from tasks.units import plan_split_units
 
 PACKAGE_VERSION = "0.1.0"
 
@@ -80,6 +80,7 @@ class ExpandUnit:
     unit_id: str
     split: Literal["train", "test"]
     source_ids: tuple[str, ...]
+    membership: str = ""   # JSON stored with the unit's part (tasks.units)
 
 
 def resolve_device(device: str | None) -> str:
@@ -110,23 +111,23 @@ def load_original_rows(prepared: str | os.PathLike) -> list[dict]:
 
 
 def plan_expand_units(rows: Sequence[dict], unit_size: int, config_hash: str, include_test: bool,
-                      edits: Sequence[Edit] = ()) -> list[ExpandUnit]:
-    """Hash buckets of unit_size / 2 .. unit_size sources on average (tasks.units), never mixing splits.
+                      edits: Sequence[Edit] = (), committed: Mapping[str, str | None] = {}) -> list[ExpandUnit]:
+    """Work units per split (tasks.units.plan_split_units), never mixing splits.
 
-    A unit's id hashes the config, its sources' original sample ids (source bytes + alignment) and the
-    edits planned for them: when the prepared dataset grows, only units that gained a source (or whose
-    sources or edits changed) get a new id; the rest keep theirs and are skipped.
+    A source's fingerprint is its original's sample id (source bytes + alignment) and the edits planned for
+    it: a committed unit whose sources all keep theirs is kept and skipped when the prepared dataset grows;
+    the rest (new sources, changed ones, those whose edits changed) go into hash buckets of about
+    unit_size / 2 .. unit_size. Committed units not in the plan are stale and retired by the flow.
     """
     edits_of: dict[str, list[dict]] = {}
     for edit in edits:
         edits_of.setdefault(edit.source_id, []).append(edit.as_dict())
     units = []
     for split in ("train", "test") if include_test else ("train",):
-        sample_of = {r["source_id"]: r["sample_id"] for r in rows if r["split"] == split}
-        for bucket, ids in hash_bucket_units(sample_of, unit_size):
-            inputs = [[i, sample_of[i], edits_of.get(i, [])] for i in ids]
-            digest = stable_hash([config_hash, split, inputs], 10)
-            units.append(ExpandUnit(f"{split}-{bucket}-{digest}", split, tuple(ids)))
+        fingerprints = {r["source_id"]: [r["sample_id"], edits_of.get(r["source_id"], [])]
+                        for r in rows if r["split"] == split}
+        for planned in plan_split_units(fingerprints, unit_size, split, config_hash, committed):
+            units.append(ExpandUnit(planned.unit_id, split, planned.source_ids, planned.membership))
     return units
 
 
@@ -271,7 +272,7 @@ def expand_unit(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
     items = originals + edited + regenerated
     samples = [Sample(encode_png_rgb(it.image), it.row, meta=_meta(it.row)) for it in items]
     written = commit_unit(job.out, split=unit.split, run_name=job.run_name, unit_id=unit.unit_id,
-                          samples=samples, rejects=rejects)
+                          samples=samples, rejects=rejects, membership=unit.membership or None)
     assert written == len(items)
     return {"unit_id": unit.unit_id, "skipped": False,
             "written": dict(Counter(it.row["stage"] for it in items)),

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Literal, Mapping
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from tasks.align import OUT_OF_FRAME_WARN, AlignConfig, AlignedFace, FaceAligner
 from tasks.errors import RejectError
 from tasks.imageio import load_image_rgb
 from tasks.ingest import SourceRecord
-from tasks.units import hash_bucket_units
+from tasks.units import plan_split_units
 from tasks.openface import (
     AUPickle,
     OpenFaceConfig,
@@ -54,6 +54,7 @@ class WorkUnit:
     split: str
     records: tuple[SourceRecord, ...]
     shared_stems: frozenset[str] = frozenset()  # file stems of this unit's sources that other sources share too
+    membership: str = ""                          # JSON stored with the unit's part (tasks.units)
 
 
 class AUSourceError(ValueError):
@@ -70,22 +71,25 @@ def shared_stems(records: list[SourceRecord]) -> frozenset[str]:
     return frozenset(stem for stem, n in counts.items() if n > 1)
 
 
-def plan_units(records: list[SourceRecord], unit_size: int, config_hash: str) -> list[WorkUnit]:
-    """Hash buckets of unit_size / 2 .. unit_size sources on average (tasks.units), never mixing splits.
+def plan_units(records: list[SourceRecord], unit_size: int, config_hash: str,
+               committed: Mapping[str, str | None] = {}) -> list[WorkUnit]:
+    """Work units per split (tasks.units.plan_split_units), never mixing splits.
 
-    A unit's id hashes its sources, their sha256 and the config: a unit whose sources are unchanged keeps
-    its id when the dataset grows (and is skipped), while one that gained, lost or changed a source gets a
-    new id; the old one is retired by manifests.writer.retire_units.
+    committed: unit id -> stored membership (manifests.writer.committed_units) of the output being resumed.
+    A committed unit whose sources are all unchanged (same sha256 and same shared-stem status, which
+    decides AU matching) is kept and skipped; the other sources (new, changed, or from a stale unit) go
+    into hash buckets of about unit_size / 2 .. unit_size. Committed units not in the plan are stale:
+    the flow retires them (manifests.writer.retire_units).
     """
     shared = shared_stems(records)
     units = []
     for split in ("train", "test"):
         by_id = {r.source_id: r for r in records if r.split == split}
-        for bucket, ids in hash_bucket_units(by_id, unit_size):
-            chunk = tuple(by_id[i] for i in ids)
-            mine = frozenset(image_stem(r) for r in chunk) & shared  # changes which AU file matches: part of the id
-            digest = stable_hash([config_hash, [r.source_id for r in chunk], [r.sha256 for r in chunk], sorted(mine)], 10)
-            units.append(WorkUnit(f"{split}-{bucket}-{digest}", split, chunk, mine))
+        fingerprints = {i: [r.sha256, image_stem(r) in shared] for i, r in by_id.items()}
+        for planned in plan_split_units(fingerprints, unit_size, split, config_hash, committed):
+            chunk = tuple(by_id[i] for i in planned.source_ids)
+            mine = frozenset(image_stem(r) for r in chunk) & shared
+            units.append(WorkUnit(planned.unit_id, split, chunk, mine, planned.membership))
     return units
 
 
@@ -251,7 +255,8 @@ def prepare_unit(
                         f"(edge smear; rejected above {align.max_out_of_frame:.0%})")
         meta = {k: row[k] for k in ("source_id", "split", "stage", "label", "au_source")}
         samples.append(Sample(png=encode_png_rgb(face.crop), row=row, meta=meta))
-    written = commit_unit(out_root, split=unit.split, run_name=run_name, unit_id=unit.unit_id, samples=samples, rejects=rejects)
+    written = commit_unit(out_root, split=unit.split, run_name=run_name, unit_id=unit.unit_id, samples=samples, rejects=rejects,
+                          membership=unit.membership or None)
     return {
         "unit_id": unit.unit_id, "skipped": False, "written": written,
         "rejected": dict(Counter(r["reason"] for r in rejects)), "seconds": round(time.perf_counter() - started, 3),

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from manifests.schema import stable_hash
 
 _HASH_BITS = 64
 
@@ -33,6 +38,65 @@ def hash_bucket_units(source_ids: Iterable[str], unit_size: int) -> list[tuple[s
     bits = bucket_bits(len(ids), unit_size)
     buckets: dict[str, list[str]] = {}
     for source_id in ids:
-        key = format(_id_bits(source_id) >> (_HASH_BITS - bits), f"0{bits}b") if bits else ""
-        buckets.setdefault("b" + key, []).append(source_id)
+        buckets.setdefault(_bucket_of(source_id, bits), []).append(source_id)
     return [(name, sorted(buckets[name])) for name in sorted(buckets)]
+
+
+def _bucket_of(source_id: str, bits: int) -> str:
+    return "b" + (format(_id_bits(source_id) >> (_HASH_BITS - bits), f"0{bits}b") if bits else "")
+
+
+def _plain(value: Any) -> Any:
+    """The value as it reads back from JSON (tuples become lists), so stored and current fingerprints compare."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+@dataclass(frozen=True)
+class PlannedUnit:
+    unit_id: str
+    source_ids: tuple[str, ...]
+    membership: str      # JSON stored with the unit's manifest part: config, split and every source's fingerprint
+    kept: bool           # an already committed unit whose sources are all unchanged
+
+
+def plan_split_units(fingerprints: Mapping[str, Any], unit_size: int, split: str, config_hash: str,
+                     committed: Mapping[str, str | None] = {}) -> list[PlannedUnit]:
+    """Units for one split: committed units whose sources are all unchanged are kept; the rest go into hash buckets.
+
+    fingerprints: source id -> what its output depends on besides the config (e.g. its sha256), JSON-able.
+    committed:    unit id -> the membership JSON stored with its manifest part (None when unknown).
+
+    A committed unit is kept when it was made with this config and split and every source it holds is still
+    here with the same fingerprint; any other committed unit is stale (the caller retires it). The sources
+    not in a kept unit are grouped by hash_bucket's rule with the bucket bits of the whole split, so after
+    an interruption the remaining buckets are exactly the ones an uninterrupted run planned, and on a grown
+    dataset only new sources (and those of stale units) are computed. New unit ids hash their members.
+    """
+    current = {i: _plain(fp) for i, fp in fingerprints.items()}
+    kept: list[PlannedUnit] = []
+    covered: set[str] = set()
+    for unit_id, stored in sorted(committed.items()):
+        try:
+            record = json.loads(stored) if stored else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or record.get("config") != config_hash or record.get("split") != split:
+            continue
+        sources = record.get("sources")
+        if not isinstance(sources, dict) or not sources or covered & sources.keys():
+            continue
+        if all(i in current and current[i] == fp for i, fp in sources.items()):
+            kept.append(PlannedUnit(unit_id, tuple(sorted(sources)), stored, True))
+            covered |= sources.keys()
+    bits = bucket_bits(len(current), unit_size)
+    buckets: dict[str, list[str]] = {}
+    for source_id in sorted(i for i in current if i not in covered):
+        buckets.setdefault(_bucket_of(source_id, bits), []).append(source_id)
+    planned = []
+    for bucket in sorted(buckets):
+        ids = buckets[bucket]
+        sources = {i: current[i] for i in ids}
+        digest = stable_hash([config_hash, split, sources], 10)
+        membership = json.dumps({"config": config_hash, "split": split, "sources": sources}, sort_keys=True)
+        planned.append(PlannedUnit(f"{split}-{bucket}-{digest}", tuple(ids), membership, False))
+    return kept + planned

@@ -83,5 +83,6 @@ def test_dataset_errors_exit_2_with_a_message(tmp_path, capsys):
     (tmp_path / "EmoLabel").mkdir()
     (tmp_path / "Image" / "aligned").mkdir(parents=True)
     (tmp_path / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 9\ntrain_00002.jpg 11\n")
-    assert main(["prepare", str(tmp_path), "--out", str(tmp_path / "o"), "--layout", "rafdb", "--dry-run"]) == 2
+    out = tmp_path.parent / f"{tmp_path.name}-o"  # not inside the dataset root, which is refused on its own
+    assert main(["prepare", str(tmp_path), "--out", str(out), "--layout", "rafdb", "--dry-run"]) == 2
     assert "compound" in capsys.readouterr().err.lower()

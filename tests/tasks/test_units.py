@@ -72,3 +72,32 @@ def test_expand_units_keep_their_ids_when_the_prepared_dataset_grows():
     new_ids = set(_ids(20, start=200))
     assert all((u.unit_id in before) == (not set(u.source_ids) & new_ids) for u in after)
     assert any(u.unit_id in before for u in after)
+
+
+def test_committed_units_are_kept_and_the_rest_resumes_into_the_original_buckets():
+    from tasks.units import plan_split_units
+
+    fingerprints = {i: [f"sha-{i}"] for i in _ids(60)}
+    fresh = plan_split_units(fingerprints, 8, "train", "cfg")
+    assert not any(u.kept for u in fresh)
+    committed = {u.unit_id: u.membership for u in fresh[::3]}  # an interrupted run committed every third unit
+    resumed = plan_split_units(fingerprints, 8, "train", "cfg", committed)
+    assert sorted((u.unit_id, u.source_ids) for u in resumed) == sorted((u.unit_id, u.source_ids) for u in fresh)
+    assert {u.unit_id for u in resumed if u.kept} == set(committed)
+
+    # growth: every committed unit is kept (even across a doubling), new sources get new units
+    everything = {u.unit_id: u.membership for u in fresh}
+    grown = fingerprints | {i: [f"sha-{i}"] for i in _ids(100, start=60)}
+    plan = plan_split_units(grown, 8, "train", "cfg", everything)
+    assert {u.unit_id for u in plan if u.kept} == set(everything)
+    assert sorted(i for u in plan if not u.kept for i in u.source_ids) == _ids(100, start=60)
+
+    # an edited source makes its unit stale; its other sources are planned again with it
+    edited = dict(fingerprints, **{_ids(1)[0]: ["changed"]})
+    plan = plan_split_units(edited, 8, "train", "cfg", everything)
+    stale = set(everything) - {u.unit_id for u in plan}
+    assert len(stale) == 1
+    (old,) = [u for u in fresh if u.unit_id in stale]
+    assert sorted(i for u in plan if not u.kept for i in u.source_ids) == sorted(old.source_ids)
+    # other settings never reuse a unit
+    assert not any(u.kept for u in plan_split_units(fingerprints, 8, "train", "other", everything))
