@@ -51,6 +51,22 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True))
 
 
+def _pack(buckets: Mapping[str, list[str]], unit_size: int) -> list[tuple[str, list[str]]]:
+    """Neighbouring buckets (in name order) merged while they fit in unit_size; a unit is named by its first bucket.
+
+    Packing restarts at every unit boundary, so when an interrupted run's first units are committed the rest
+    packs exactly as before; on a grown dataset the new sources, scattered thinly over many buckets, are
+    gathered into few units instead of one tiny unit per bucket.
+    """
+    units: list[tuple[str, list[str]]] = []
+    for name in sorted(buckets):
+        if units and len(units[-1][1]) + len(buckets[name]) <= unit_size:
+            units[-1][1].extend(buckets[name])
+        else:
+            units.append((name, list(buckets[name])))
+    return [(name, sorted(ids)) for name, ids in units]
+
+
 @dataclass(frozen=True)
 class PlannedUnit:
     unit_id: str
@@ -68,9 +84,10 @@ def plan_split_units(fingerprints: Mapping[str, Any], unit_size: int, split: str
 
     A committed unit is kept when it was made with this config and split and every source it holds is still
     here with the same fingerprint; any other committed unit is stale (the caller retires it). The sources
-    not in a kept unit are grouped by hash_bucket's rule with the bucket bits of the whole split, so after
-    an interruption the remaining buckets are exactly the ones an uninterrupted run planned, and on a grown
-    dataset only new sources (and those of stale units) are computed. New unit ids hash their members.
+    not in a kept unit are grouped by hash_bucket_units' rule with the bucket bits of the whole split, and
+    neighbouring buckets are packed up to unit_size (_pack): after an interruption in plan order the rest
+    is planned exactly as an uninterrupted run planned it, and on a grown dataset only new sources (and
+    those of stale units) are computed. New unit ids hash their members.
     """
     current = {i: _plain(fp) for i, fp in fingerprints.items()}
     kept: list[PlannedUnit] = []
@@ -93,8 +110,7 @@ def plan_split_units(fingerprints: Mapping[str, Any], unit_size: int, split: str
     for source_id in sorted(i for i in current if i not in covered):
         buckets.setdefault(_bucket_of(source_id, bits), []).append(source_id)
     planned = []
-    for bucket in sorted(buckets):
-        ids = buckets[bucket]
+    for bucket, ids in _pack(buckets, unit_size):
         sources = {i: current[i] for i in ids}
         digest = stable_hash([config_hash, split, sources], 10)
         membership = json.dumps({"config": config_hash, "split": split, "sources": sources}, sort_keys=True)

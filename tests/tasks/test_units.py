@@ -80,10 +80,13 @@ def test_committed_units_are_kept_and_the_rest_resumes_into_the_original_buckets
     fingerprints = {i: [f"sha-{i}"] for i in _ids(60)}
     fresh = plan_split_units(fingerprints, 8, "train", "cfg")
     assert not any(u.kept for u in fresh)
-    committed = {u.unit_id: u.membership for u in fresh[::3]}  # an interrupted run committed every third unit
+    committed = {u.unit_id: u.membership for u in fresh[:len(fresh) // 3]}  # interrupted after a third of the units
     resumed = plan_split_units(fingerprints, 8, "train", "cfg", committed)
     assert sorted((u.unit_id, u.source_ids) for u in resumed) == sorted((u.unit_id, u.source_ids) for u in fresh)
     assert {u.unit_id for u in resumed if u.kept} == set(committed)
+    # units committed out of order (parallel workers): still every source exactly once
+    scattered = plan_split_units(fingerprints, 8, "train", "cfg", {u.unit_id: u.membership for u in fresh[::3]})
+    assert sorted(i for u in scattered for i in u.source_ids) == sorted(fingerprints)
 
     # growth: every committed unit is kept (even across a doubling), new sources get new units
     everything = {u.unit_id: u.membership for u in fresh}
