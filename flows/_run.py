@@ -39,6 +39,21 @@ def write_run_config(out: str, flow_name: str, settings: BaseModel, config_hash:
                                   "settings": settings.model_dump(mode="json")}, indent=2), path)
 
 
+def record_inputs(out: str, fingerprint: str, n_sources: int) -> str | None:
+    """Store the inputs' fingerprint in OUT/run_config.json; return the one the previous run stored (or None).
+
+    The fingerprint (tasks.ingest.inputs_fingerprint) is not part of the config hash: a dataset that grew or was
+    edited is an incremental update of the same run (see tasks.prepare.plan_units), not other settings.
+    """
+    path = Path(out) / RUN_CONFIG
+    config = json.loads(path.read_text())
+    previous = (config.get("inputs") or {}).get("fingerprint")
+    if previous != fingerprint:
+        config["inputs"] = {"fingerprint": fingerprint, "sources": n_sources, "previous_fingerprint": previous}
+        atomic_write_text(json.dumps(config, indent=2), path)
+    return previous
+
+
 def current_run_id() -> str:
     """The Prefect flow run id when inside a flow run, else a fresh uuid."""
     from prefect.runtime import flow_run

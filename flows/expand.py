@@ -15,7 +15,7 @@ from tqdm import tqdm
 from flows._run import current_run_id, publish_report, settings_hash, write_run_config
 from manifests.reader import verify
 from manifests.schema import EMOTIONS, stable_hash
-from manifests.writer import merge_rejects, write_rejects_part
+from manifests.writer import committed_units, merge_rejects, retire_units, write_rejects_part
 from models.singan import PRESETS, pyramid_sizes, scale_channels
 from tasks.expand import (
     ExpandJob,
@@ -171,7 +171,7 @@ def describe_plan(settings: ExpandSettings) -> dict:
     """What a run would do (the --dry-run print): counts per stage, edit kind and label, units, compute."""
     rows = select_rows(settings, load_original_rows(settings.prepared))
     plan = plan_edits(settings, rows)
-    units = plan_expand_units(rows, settings.unit_size, settings.config_hash(), settings.test_split == "copy")
+    units = plan_expand_units(rows, settings.unit_size, settings.config_hash(), settings.test_split == "copy", plan.edits)
     train = [r for r in rows if r["split"] == "train"]
     parents = len(plan.edits) if settings.plan.kind != "none" else len(train)
     regenerations = parents * settings.regenerations
@@ -262,7 +262,12 @@ def expand(settings: ExpandSettings) -> dict:
     logger.info(f"{len(plan.edits)} edits planned ({dict(Counter(e.edit_kind for e in plan.edits))})")
 
     # 4. Cut into work units (one shard + one manifest part each).
-    units = plan_expand_units(rows, settings.unit_size, config_hash, settings.test_split == "copy")
+    units = plan_expand_units(rows, settings.unit_size, config_hash, settings.test_split == "copy", plan.edits,
+                              committed_units(settings.out))
+    retired = retire_units(settings.out, {u.unit_id for u in units})
+    if retired:
+        logger.info(f"{len(retired)} committed units no longer match the prepared dataset or the plan and were "
+                    f"retired (their sources are redone in new units): {', '.join(retired[:5])}")
     edits_by_unit = {u.unit_id: [e for e in plan.edits if e.source_id in set(u.source_ids)] for u in units}
     timings["plan"] = time.perf_counter() - t0
 
@@ -288,6 +293,7 @@ def expand(settings: ExpandSettings) -> dict:
     before = Counter(r["label"] for r in rows if r["split"] == "train")
     histogram = label_histogram_png(settings.out, before)
     notes = [f"config hash {config_hash}", f"{sum(r['skipped'] for r in results)} of {len(units)} units were already committed",
+             f"{len(retired)} stale units retired",
              f"editor: {settings.resolved_editor() or 'none'}"
              + (f" ({settings.ganimation})" if settings.resolved_editor() == "ganimation" else
                 f" (AU shape model: {settings.au_shape or 'FACS default'})" if settings.resolved_editor() == "warp" else "")
@@ -299,7 +305,7 @@ def expand(settings: ExpandSettings) -> dict:
     _publish_counts_table(settings.out)
     if not check.ok:
         raise RuntimeError(f"output failed verification:\n{check.summary()}")
-    return {"out": settings.out, "units": len(units), "skipped_units": sum(r["skipped"] for r in results),
+    return {"out": settings.out, "units": len(units), "skipped_units": sum(r["skipped"] for r in results), "retired_units": len(retired),
             "verify_ok": check.ok, "report": str(report_md), "contact_sheet": str(sheet), "label_histogram": str(histogram)}
 
 

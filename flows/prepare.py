@@ -1,25 +1,28 @@
 """The prepare flow: dataset -> ingest -> align -> AUs -> shards + manifest (stage original) + rejects + report."""
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm import tqdm
 
 from flows._run import (
     ConfigMismatch,
     current_run_id,
     publish_report,
+    record_inputs,
     settings_hash,
     write_run_config,
 )
 from manifests.reader import verify
-from manifests.writer import merge_rejects, write_rejects_part
+from manifests.writer import committed_units, merge_rejects, retire_units, write_rejects_part
 from tasks.align import AlignConfig
-from tasks.ingest import IngestConfig, ingest_dataset
-from tasks.prepare import AUConfig, LandmarkMode, plan_units, prepare_unit
+from tasks.ingest import IngestConfig, ingest_dataset, inputs_fingerprint
+from tasks.prepare import AUConfig, LandmarkMode, check_au_source, plan_units, prepare_unit
 from tasks.report import write_report
 
 
@@ -38,6 +41,24 @@ class PrepareSettings(BaseModel):
                                                         "else the detector), openface, detector, none")
     unit_size: int = Field(256, ge=1, description="source images per work unit (one shard each)")
     device: str | None = Field(None, description="cuda / cpu; default: CUDA when present")
+
+    @field_validator("dataset", "out")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        # Relative paths would hash the same from two working directories and merge two datasets.
+        return str(Path(value).expanduser().resolve())
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> "PrepareSettings":
+        if self.aus.path is not None:
+            self.aus = dataclasses.replace(self.aus, path=str(Path(self.aus.path).expanduser().resolve()))
+        dataset = Path(self.dataset)
+        root = dataset.parent if dataset.suffix.lower() == ".csv" else dataset
+        out = Path(self.out)
+        if out == root or root in out.parents:
+            raise ValueError(f"--out {out} is inside the dataset root {root}: a re-run would ingest its own outputs "
+                             f"(shards, contact sheet) as images; choose an --out outside the dataset")
+        return self
 
     def config_hash(self) -> str:
         """Hash of what decides the output; device and output path excluded, so a resumed run matches."""
@@ -69,11 +90,21 @@ def prepare(settings: PrepareSettings) -> dict:
     logger.info(ingested.summary())
     for warning in ingested.warnings:
         logger.warning(warning)
+    au_note = check_au_source(ingested.records, settings.aus)  # a useless --aus is refused before any work
+    fingerprint = inputs_fingerprint(ingested.records)
+    previous = record_inputs(out, fingerprint, len(ingested.records))
     timings["ingest"] = time.perf_counter() - t0
 
-    # 3. Cut into work units (one shard + one manifest part each).
-    units = plan_units(ingested.records, settings.unit_size, config_hash)
+    # 3. Cut into work units (one shard + one manifest part each). Units are hash buckets of source ids
+    #    whose ids hash their inputs: on a grown or edited dataset, units that no longer match are
+    #    retired and redone, the rest are skipped (an incremental update, correct by construction).
+    units = plan_units(ingested.records, settings.unit_size, config_hash, committed_units(out))
+    retired = retire_units(out, {u.unit_id for u in units})
     logger.info(f"{len(units)} work units of up to {settings.unit_size} images")
+    if previous not in (None, fingerprint):
+        logger.warning(f"the dataset changed since the last run on {out} (inputs {previous} -> {fingerprint}): "
+                       f"{len(retired)} committed units no longer match and were retired; their sources and the new "
+                       f"ones are prepared now, every other unit is kept")
 
     # 4. Align + read AUs + commit, unit by unit; committed units are skipped.
     t1 = time.perf_counter()
@@ -91,12 +122,15 @@ def prepare(settings: PrepareSettings) -> dict:
     merge_rejects(out)
     check = verify(out)
     timings["total"] = time.perf_counter() - t0
-    notes = [f"config hash {config_hash}", f"{sum(r['skipped'] for r in results)} of {len(units)} units were already committed",
+    notes = [f"config hash {config_hash}", f"inputs {fingerprint} ({len(ingested.records)} sources)",
+             f"{sum(r['skipped'] for r in results)} of {len(units)} units were already committed, {len(retired)} stale units retired",
+             *([au_note] if au_note else []),
              f"verify: {check.summary().splitlines()[0]}", *ingested.warnings]
     report_md, sheet = write_report(out, "Prepare run", timings, notes=notes)
     publish_report(report_md.read_text(), key="prepare-report")
     summary = {"out": out, "units": len(units), "written": sum(r["written"] for r in results),
-               "skipped_units": sum(r["skipped"] for r in results), "verify_ok": check.ok,
+               "skipped_units": sum(r["skipped"] for r in results), "retired_units": len(retired),
+               "inputs_fingerprint": fingerprint, "verify_ok": check.ok,
                "report": str(report_md), "contact_sheet": str(sheet)}
     if not check.ok:
         raise RuntimeError(f"output failed verification:\n{check.summary()}")

@@ -34,6 +34,7 @@ N_LANDMARKS = 68  # iBUG 300-W / OpenFace order
 QUALITY_TYPE = pa.struct([
     ("faces_found", pa.int16()),         # faces MTCNN found in the source (align stage)
     ("detect_prob", pa.float32()),       # MTCNN probability of the chosen face
+    ("out_of_frame", pa.float32()),      # share of the aligned crop that lies outside the source image (0..1)
     ("au_confidence", pa.float32()),     # OpenFace confidence of the chosen AU row
     ("attention_mean", pa.float32()),    # GANimation: mean of A (1 = kept input)
     ("au_fidelity", pa.float32()),       # GANimation: mean |critic AU(out) - target|

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,6 +30,11 @@ MANIFEST_DIR = "manifest"
 SHARDS_DIR = "shards"
 REJECTS_DIR = "rejects"
 REJECTS_FILE = "rejects.parquet"
+
+UNIT_MEMBERSHIP_KEY = "singanimation.unit_membership"
+
+# The unit id at the end of a shard name: <split>-<bucket or index>-<10 hex digest>.
+_UNIT_SHARD = re.compile(r"-(?P<unit>(?:train|test)-[0-9a-z]+-[0-9a-f]{10})$")
 
 # Filled by the writer from the shard itself; callers never set them.
 _LOCATION_COLUMNS = ("shard", "offset", "size", "sha256")
@@ -93,6 +99,16 @@ def validate_row(row: dict[str, Any]) -> None:
         raise bad(f"unknown quality fields {sorted(unknown)}")
 
 
+def _check_utf8(row: dict[str, Any]) -> None:
+    """Parquet strings are UTF-8: a str carrying surrogates (an undecodable file name) must fail before any write."""
+    for name, value in row.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(f"manifest row {row.get('sample_id')!r}: {name} is not valid UTF-8 ({err})") from None
+
+
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     full = []
     for row in rows:
@@ -112,9 +128,12 @@ def commit_unit(
     unit_id: str,
     samples: Iterable[Sample],
     rejects: list[dict[str, str]] | None = None,
+    membership: str | None = None,
 ) -> int:
     """Write one unit: shard (atomic), then its rejects part, then its manifest part (the commit point).
 
+    membership: JSON naming the unit's sources (tasks.units), stored in the part's Parquet metadata so that a
+    later run can tell whether the unit still matches its inputs (committed_units).
     Returns the number of samples written. A crash before the manifest part leaves the unit uncommitted,
     and a re-run writes it again; the shard's bytes are deterministic, so nothing is duplicated.
     """
@@ -126,20 +145,78 @@ def commit_unit(
             raise ValueError(f"sample {s.row.get('sample_id')!r}: {sorted(overlap)} are set by the writer")
         if s.row.get("split") != split:
             raise ValueError(f"sample {s.row.get('sample_id')!r} has split {s.row.get('split')!r}, unit is {split!r}")
+        validate_row(s.row)  # before the shard: a bad row must not leave a shard without its part
+        _check_utf8(s.row)
     rel = shard_relpath(split, run_name, unit_id)
     rows = []
-    if samples:
-        locations = write_shard(out_root / rel, [ShardSample(s.row["sample_id"], s.png, s.meta) for s in samples])
-        for s, loc in zip(samples, locations):
-            rows.append({**s.row, "shard": rel, "offset": loc.offset, "size": loc.size, "sha256": loc.sha256})
-    table = rows_to_table(rows)
-    write_rejects_part(out_root, unit_id, rejects or [])
-    atomic_write_table(table, part_path(out_root, unit_id))
+    try:
+        if samples:
+            locations = write_shard(out_root / rel, [ShardSample(s.row["sample_id"], s.png, s.meta) for s in samples])
+            for s, loc in zip(samples, locations):
+                rows.append({**s.row, "shard": rel, "offset": loc.offset, "size": loc.size, "sha256": loc.sha256})
+        table = rows_to_table(rows)
+        if membership is not None:
+            table = table.replace_schema_metadata({UNIT_MEMBERSHIP_KEY: membership})
+        write_rejects_part(out_root, unit_id, rejects or [])
+        atomic_write_table(table, part_path(out_root, unit_id))
+    except Exception:
+        if not unit_committed(out_root, unit_id):  # the part is the commit point: no part, no shard
+            (out_root / rel).unlink(missing_ok=True)
+        raise
     return len(rows)
 
 
+def committed_units(out_root: str | os.PathLike) -> dict[str, str | None]:
+    """Unit id -> the membership JSON stored with its manifest part (None when absent or unreadable)."""
+    units: dict[str, str | None] = {}
+    for part in sorted((Path(out_root) / MANIFEST_DIR).glob("part-*.parquet")):
+        unit_id = part.name[len("part-"):-len(".parquet")]
+        try:
+            metadata = pq.read_schema(part).metadata or {}
+        except Exception:  # a damaged part is not a usable commit: its unit is planned again
+            metadata = {}
+        value = metadata.get(UNIT_MEMBERSHIP_KEY.encode())
+        units[unit_id] = value.decode() if value else None
+    return units
+
+
+def retire_units(out_root: str | os.PathLike, keep: set[str]) -> list[str]:
+    """Remove every committed unit whose id is not in `keep` (the current plan); return their ids, sorted.
+
+    Unit ids hash their inputs, so a unit that gained, lost or changed a source has a new id and its old
+    part would duplicate or keep stale rows. The manifest part goes first (the unit is then uncommitted),
+    then its rejects part and shard; shards of no planned unit that have no part (left by a crash
+    between shard and part) are removed too. Interrupted midway, the next run finishes the job.
+    """
+    out_root = Path(out_root)
+    retired = []
+    for part in sorted((out_root / MANIFEST_DIR).glob("part-*.parquet")):
+        unit_id = part.name[len("part-"):-len(".parquet")]
+        if unit_id in keep:
+            continue
+        part.unlink()
+        (out_root / REJECTS_DIR / part.name).unlink(missing_ok=True)
+        retired.append(unit_id)
+    for shard in sorted((out_root / SHARDS_DIR).glob("*/*.tar")):
+        match = _UNIT_SHARD.search(shard.stem)  # <run_name>-<unit_id>; run names may hold '-' too
+        if match and match["unit"] not in keep and not unit_committed(out_root, match["unit"]):
+            shard.unlink()
+    return retired
+
+
+def _utf8_text(value: Any) -> str:
+    """str(value), with bytes Python could not decode (lone surrogates from file names) shown as \\xNN escapes."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
 def rejects_table(rows: list[dict[str, str]]) -> pa.Table:
-    clean = [{k: str(r.get(k, "")) for k in REJECTS_SCHEMA.names} for r in rows]
+    # A reject row must never fail the run it reports on, whatever the name it carries.
+    clean = [{k: _utf8_text(r.get(k, "")) for k in REJECTS_SCHEMA.names} for r in rows]
     return pa.Table.from_pylist(clean, schema=REJECTS_SCHEMA)
 
 

@@ -35,6 +35,11 @@ DEFAULT_MARGIN = 0.15
 _CANVAS_MULTIPLE_PX = 64
 # Pre-aligned inputs may be this far from square and are centre-cropped; beyond it they are rejected.
 _MAX_ASPECT_FOR_CENTER_CROP = 1.05
+# Out-of-frame share of a crop: a face cut by the frame edge (or an already tight crop through MTCNN) fills
+# the rest by edge smear. Above the warning share it is logged; above the default maximum it is rejected:
+# at 40% the smear reaches the eyes or mouth of a centred face, and the crop no longer shows the face.
+OUT_OF_FRAME_WARN = 0.10
+MAX_OUT_OF_FRAME = 0.40
 # Warps that shrink more than this are preceded by an area resize, so the crop does not alias.
 _MIN_DIRECT_WARP_SCALE = 0.75
 
@@ -53,6 +58,9 @@ class AlignConfig:
     min_face_size_px:   smallest face MTCNN searches for, in detection-canvas pixels.
     detect_max_side_px: images with a longer side are downscaled for detection only (the warp reads
                         the full-resolution source).
+    max_out_of_frame:   share of the crop whose pixels come from outside the source image (filled by
+                        edge smear), above which the face is rejected (face_out_of_frame); the share is
+                        recorded as quality.out_of_frame, and a warning is logged above OUT_OF_FRAME_WARN.
     """
 
     mode: Literal["mtcnn", "none"] = "mtcnn"
@@ -64,6 +72,7 @@ class AlignConfig:
     margin: float = DEFAULT_MARGIN
     min_face_size_px: int = 20
     detect_max_side_px: int = 1024
+    max_out_of_frame: float = MAX_OUT_OF_FRAME
 
     def __post_init__(self) -> None:
         if self.mode not in ("mtcnn", "none"):
@@ -82,6 +91,8 @@ class AlignConfig:
             raise ValueError(f"margin must be in (-0.25, 2], got {self.margin}")
         if self.min_face_size_px < 12:
             raise ValueError(f"min_face_size_px must be >= 12 (MTCNN's window), got {self.min_face_size_px}")
+        if not 0.0 <= self.max_out_of_frame <= 1.0:
+            raise ValueError(f"max_out_of_frame must be in [0, 1], got {self.max_out_of_frame}")
         if self.detect_max_side_px < max(self.min_face_size_px, _CANVAS_MULTIPLE_PX):
             raise ValueError(f"detect_max_side_px too small: {self.detect_max_side_px}")
 
@@ -95,6 +106,7 @@ class AlignedFace:
     prob: float | None                  # MTCNN probability of the chosen face
     faces_found: int                    # detections with prob >= min_face_prob (mode "none": 1, assumed)
     transform: np.ndarray | None        # float32 [2, 3] source pixels -> crop pixels
+    out_of_frame: float = 0.0           # share of crop pixels whose source lies outside the image (0..1)
 
 
 def template_landmarks5(image_size_px: int, margin: float = DEFAULT_MARGIN) -> np.ndarray:
@@ -143,6 +155,7 @@ class FaceAligner:
             if device is None:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             self.device = torch.device(device)
+            install_per_image_nms()
             self._mtcnn = MTCNN(min_face_size=config.min_face_size_px, keep_all=True, device=self.device).eval()
         else:
             self.device = None
@@ -240,6 +253,14 @@ class FaceAligner:
         transform = self._fit_similarity(landmarks_src)  # [2, 3]
         crop = _warp(image, transform, self.config.image_size_px)
         landmarks_crop = landmarks_src @ transform[:, :2].T + transform[:, 2]  # [5, 2]
+        outside = out_of_frame_share(transform, (height_px, width_px), self.config.image_size_px)
+        if outside > self.config.max_out_of_frame:
+            raise RejectError(
+                STAGE, "face_out_of_frame",
+                f"{outside:.0%} of the {self.config.image_size_px} px crop lies outside the {width_px}x{height_px} px "
+                f"image (limit {self.config.max_out_of_frame:.0%}): the face is cut by the frame or already cropped "
+                f"tight; use --align none for pre-cropped faces",
+            )
         return AlignedFace(
             crop=crop,
             landmarks5_src=landmarks_src.astype(np.float32),
@@ -248,6 +269,7 @@ class FaceAligner:
             prob=float(probs[chosen]),
             faces_found=faces_found,
             transform=transform.astype(np.float32),
+            out_of_frame=outside,
         )
 
     def _fit_similarity(self, landmarks_src: np.ndarray) -> np.ndarray:
@@ -282,6 +304,62 @@ class FaceAligner:
             crop=np.ascontiguousarray(crop), landmarks5_src=None, landmarks5_crop=None, box=None, prob=None,
             faces_found=1, transform=transform,
         )
+
+
+def out_of_frame_share(transform: np.ndarray, image_shape_hw: tuple[int, int], size_px: int) -> float:
+    """Share of the [size, size] crop whose pixel centres map back outside the source image.
+
+    transform: [2, 3] source -> crop pixels; its inverse sends each crop pixel centre to the source.
+    """
+    full = np.vstack([np.asarray(transform, dtype=np.float64), [0.0, 0.0, 1.0]])
+    inverse = np.linalg.inv(full)[:2]                                       # [2, 3] crop -> source
+    ys, xs = np.mgrid[0:size_px, 0:size_px]
+    points = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)]).astype(np.float64)  # [3, S*S]
+    sx, sy = inverse @ points                                               # [S*S] each
+    height_px, width_px = image_shape_hw
+    inside = (sx >= -0.5) & (sx <= width_px - 0.5) & (sy >= -0.5) & (sy <= height_px - 0.5)
+    return float(1.0 - inside.mean())
+
+
+def install_per_image_nms() -> None:
+    """Make facenet-pytorch 2.5.3's batched MTCNN suppress boxes within each image only.
+
+    Its detect_face keeps images apart in non-maximum suppression by adding image_index *
+    (max coordinate + 1) to every box, which assumes coordinates are never negative. Boxes of
+    faces at the frame edge reach below zero (-72 px seen on real photos), so a box of image i+1
+    landed on a box of image i near the batch's largest coordinate and one suppressed the other:
+    a face's crop depended on its batch-mates. Both of its batched NMS helpers are replaced (in
+    that module only; idempotent) by a loop that runs the same NMS on each image's boxes alone,
+    so a batched run equals one image at a time.
+    """
+    from facenet_pytorch.models.utils import detect_face
+
+    if getattr(detect_face.batched_nms, "_per_image", False):
+        return
+    torch_nms, numpy_nms = detect_face.batched_nms, detect_face.batched_nms_numpy
+
+    def batched_nms(boxes, scores, idxs, threshold):
+        return _nms_each_image(torch_nms, boxes, scores, idxs, threshold)
+
+    def batched_nms_numpy(boxes, scores, idxs, threshold, method):
+        return _nms_each_image(numpy_nms, boxes, scores, idxs, threshold, method)
+
+    batched_nms._per_image = batched_nms_numpy._per_image = True
+    detect_face.batched_nms, detect_face.batched_nms_numpy = batched_nms, batched_nms_numpy
+
+
+def _nms_each_image(nms, boxes, scores, idxs, *args):
+    """Indices kept by `nms` run on each image's boxes separately (boxes [N, 4], scores [N], idxs [N])."""
+    import torch
+
+    kept = []
+    for image_index in torch.unique(idxs):  # sorted: images keep their batch order
+        members = torch.nonzero(idxs == image_index).flatten()  # [n_i]
+        picked = nms(boxes[members], scores[members], torch.zeros_like(members), *args)
+        kept.append(members[picked.to(members.device)])
+    if not kept:
+        return torch.empty((0,), dtype=torch.long, device=boxes.device)
+    return torch.cat(kept)
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

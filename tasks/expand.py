@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from models.singan import SinGANConfig, preset
 from tasks.errors import RejectError
 from tasks.singan import SinGANSampleConfig, derive_seed, regenerate_faces, ssim_to_source
 from tasks.targets import Edit
+from tasks.units import plan_split_units
 
 PACKAGE_VERSION = "0.1.0"
 
@@ -82,6 +83,7 @@ class ExpandUnit:
     unit_id: str
     split: Literal["train", "test"]
     source_ids: tuple[str, ...]
+    membership: str = ""   # JSON stored with the unit's part (tasks.units)
 
 
 def resolve_device(device: str | None) -> str:
@@ -114,17 +116,24 @@ def load_original_rows(prepared: str | os.PathLike) -> list[dict]:
     return sorted(rows, key=lambda r: (r["split"], r["source_id"]))
 
 
-def plan_expand_units(rows: Sequence[dict], unit_size: int, config_hash: str, include_test: bool) -> list[ExpandUnit]:
-    """Units of at most unit_size sources, never mixing splits; ids hash their sorted sources + the config."""
-    if unit_size < 1:
-        raise ValueError(f"unit_size must be >= 1, got {unit_size}")
+def plan_expand_units(rows: Sequence[dict], unit_size: int, config_hash: str, include_test: bool,
+                      edits: Sequence[Edit] = (), committed: Mapping[str, str | None] = {}) -> list[ExpandUnit]:
+    """Work units per split (tasks.units.plan_split_units), never mixing splits.
+
+    A source's fingerprint is its original's sample id (source bytes + alignment) and the edits planned for
+    it: a committed unit whose sources all keep theirs is kept and skipped when the prepared dataset grows;
+    the rest (new sources, changed ones, those whose edits changed) go into hash buckets of about
+    unit_size / 2 .. unit_size. Committed units not in the plan are stale and retired by the flow.
+    """
+    edits_of: dict[str, list[dict]] = {}
+    for edit in edits:
+        edits_of.setdefault(edit.source_id, []).append(edit.as_dict())
     units = []
     for split in ("train", "test") if include_test else ("train",):
-        ids = sorted(r["source_id"] for r in rows if r["split"] == split)
-        for index, start in enumerate(range(0, len(ids), unit_size)):
-            chunk = tuple(ids[start:start + unit_size])
-            digest = stable_hash([config_hash, split, list(chunk)], 10)
-            units.append(ExpandUnit(f"{split}-{index:05d}-{digest}", split, chunk))
+        fingerprints = {r["source_id"]: [r["sample_id"], edits_of.get(r["source_id"], [])]
+                        for r in rows if r["split"] == split}
+        for planned in plan_split_units(fingerprints, unit_size, split, config_hash, committed):
+            units.append(ExpandUnit(planned.unit_id, split, planned.source_ids, planned.membership))
     return units
 
 
@@ -347,7 +356,7 @@ def expand_unit(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
     items = originals + edited + regenerated
     samples = [Sample(encode_png_rgb(it.image), it.row, meta=_meta(it.row)) for it in items]
     written = commit_unit(job.out, split=unit.split, run_name=job.run_name, unit_id=unit.unit_id,
-                          samples=samples, rejects=rejects)
+                          samples=samples, rejects=rejects, membership=unit.membership or None)
     assert written == len(items)
     return {"unit_id": unit.unit_id, "skipped": False,
             "written": dict(Counter(it.row["stage"] for it in items)),

@@ -28,6 +28,10 @@ _ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
     8: Image.Transpose.ROTATE_90,
 }
 
+# Pixel cap, checked from the header before decoding: a 64-megapixel photo (8000 x 8000) decodes to
+# ~200 MB of RGB; Pillow's own guard only trips at ~179 MP (a 169 MP image took 1.8 GB RSS).
+MAX_IMAGE_PIXELS = 64_000_000
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_BITS_PER_SAMPLE_TAG = 258
 _UINT16_TO_UINT8 = 255.0 / 65535.0  # full-range rescale: 65535 -> 255, 257*k -> k (never a clip)
@@ -39,11 +43,12 @@ def load_image_rgb(path: str | os.PathLike, min_side_px: int = 32) -> np.ndarray
     Normalises: EXIF orientation; 1-bit, L, P (incl. transparency), LA, RGBA, CMYK, YCbCr;
     16-bit PNG/TIFF (grey, RGB, RGBA, read with OpenCV because PIL drops colour 16-bit to
     8 bits without saying so) and PIL's 16-bit integer modes, all rescaled 0..65535 -> 0..255.
-    Alpha is composited onto BACKGROUND_RGB. Multi-frame files (GIF, TIFF) use frame 0.
-    ICC profiles are not applied.
+    Alpha is composited onto BACKGROUND_RGB. Multi-frame files (animated GIF, multi-page TIFF) use
+    frame 0 (ingest accepts .gif for that reason). ICC profiles are not applied.
 
     Raises RejectError(stage="load") with reason file_missing, empty_file, corrupt_image
-    (not an image, truncated, undecodable), image_too_large (PIL decompression-bomb guard),
+    (not an image, truncated, undecodable), image_too_large (more than MAX_IMAGE_PIXELS, checked
+    from the header before decoding, or PIL's decompression-bomb guard),
     unsupported_mode (e.g. float or LAB pixels) or image_too_small (min side < min_side_px).
     """
     path = Path(path)
@@ -54,6 +59,7 @@ def load_image_rgb(path: str | os.PathLike, min_side_px: int = 32) -> np.ndarray
 
     try:
         with Image.open(path) as im:
+            check_pixel_count(im, path)
             im.load()  # decode every byte now, so a truncated file fails here and not downstream
             orientation = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1))
             rgb = _load_16bit_rgb(path) if _is_16bit_file(im, path) else _pil_to_rgb(im, path)
@@ -72,6 +78,15 @@ def load_image_rgb(path: str | os.PathLike, min_side_px: int = 32) -> np.ndarray
             STAGE, "image_too_small", f"{path}: {width_px}x{height_px} px, shorter side < {min_side_px} px"
         )
     return np.ascontiguousarray(rgb)
+
+
+def check_pixel_count(im: Image.Image, path: str | os.PathLike) -> None:
+    """RejectError image_too_large when an opened (not yet decoded) image has more than MAX_IMAGE_PIXELS."""
+    width_px, height_px = im.size
+    if width_px * height_px > MAX_IMAGE_PIXELS:
+        raise RejectError(STAGE, "image_too_large",
+                          f"{path}: {width_px}x{height_px} px = {width_px * height_px / 1e6:.1f} MP, more than the "
+                          f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP cap (MAX_IMAGE_PIXELS); downscale it first")
 
 
 def apply_exif_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:

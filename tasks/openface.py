@@ -415,6 +415,7 @@ def _read_table(table: _Table, config: OpenFaceConfig, points5: np.ndarray | Non
         raise _reject("au_file_malformed", f"{table.where(bad)}, column success: {success[bad]} is not 0 or 1")
     frames = _integer_column(table, "frame", all_rows) if table.has("frame") else None
     faces, face_column = _face_keys(table, all_rows)
+    frames, frame_note = _frames_from_timestamps(table, frames, faces)
     is_video = frames is not None and len(np.unique(frames)) > 1
 
     # 1. Which frame(s) are considered.
@@ -458,7 +459,7 @@ def _read_table(table: _Table, config: OpenFaceConfig, points5: np.ndarray | Non
     prefix = f"{face_note}; " if face_note else ""
     if is_video and config.video_rule == "median":
         rule = "video_median"
-        span = f"frames {min(frames_of_face)}..{max(frames_of_face)}"
+        span = f"frames {min(frames_of_face)}..{max(frames_of_face)}{frame_note}"
         detail = (f"{prefix}median over {len(used)} trusted of {len(rows_of_face)} frame(s) ({span}) "
                   f"of face {chosen_face}, median confidence {used_conf:g}")
     elif is_video:
@@ -471,9 +472,8 @@ def _read_table(table: _Table, config: OpenFaceConfig, points5: np.ndarray | Non
         detail = f"one face in the file: line {table.lines[used[0]]}, confidence {used_conf:g}"
     landmarks68, landmarks_note = _reading_landmarks(table, used)
     return AUReading(values=values, path=table.path, row_indices=tuple(used), face_id=face_id, frame=frame,
-                     confidence=used_conf, rule=rule, detail=detail, landmarks68=landmarks68,
+                     confidence=used_conf, rule=rule, detail=detail + table.note, landmarks68=landmarks68,
                      landmarks_note=landmarks_note)
-
 
 
 def _reading_landmarks(table: _Table, used: list[int]) -> tuple[np.ndarray | None, str]:
@@ -489,6 +489,19 @@ def _reading_landmarks(table: _Table, used: list[int]) -> tuple[np.ndarray | Non
     unread = int((~np.isfinite(points).all(axis=1)).sum())
     note = f"{table.where(used[0])}" + (f"; {unread} point(s) are nan" if unread else "")
     return points.astype(np.float64), note
+
+
+def _frames_from_timestamps(table: _Table, frames: np.ndarray | None,
+                            faces: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """Frame numbers that tell a face's rows apart: the file's own, or the timestamp order when the file's
+    do not (a FACSvatar-style fork writes frame = 0 on every row while its timestamps advance)."""
+    if frames is None or len(set(zip(faces.tolist(), frames.tolist()))) == len(frames) or not table.has("timestamp"):
+        return frames, ""
+    stamps = _column(table, "timestamp", list(range(len(table.rows))))
+    if not np.all(np.isfinite(stamps)) or len(set(zip(faces.tolist(), stamps.tolist()))) != len(stamps):
+        return frames, ""  # timestamps do not tell rows apart either: the caller refuses the file
+    order = np.unique(stamps, return_inverse=True)[1].reshape(-1) + 1  # dense rank, 1-based like OpenFace
+    return order.astype(np.int64), " numbered by timestamp: the frame column does not tell rows apart"
 
 
 def _choose_face(
@@ -603,21 +616,101 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     return codecs.encode(text, "latin1")
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
+# Bounds on what an AU pickle may build, checked before anything is allocated. GANimation's file holds
+# 17 values per image; the largest public AU pickles (EmotioNet-scale) hold about 200k images.
+MAX_PKL_BYTES = 256 * 1024 * 1024          # the file itself
+MAX_PKL_ARRAY_ELEMENTS = 4096              # one array (an entry has 17)
+MAX_PKL_TOTAL_ELEMENTS = 17 * 2_000_000    # all arrays of one file together
+_PKL_DTYPE_KINDS = "fiub"                  # numbers (and bools); never object, string or void dtypes
+
+
+def _pkl_elements(shape: Any) -> int:
+    """Element count of a shape from the pickle stream, refusing anything that is not small non-negative ints."""
+    dims = (shape,) if isinstance(shape, int) else shape
+    if not isinstance(dims, (tuple, list)) or len(dims) > 8:
+        raise _ForbiddenGlobal(f"array shape {shape!r}")
+    total = 1
+    for dim in dims:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 0:
+            raise _ForbiddenGlobal(f"array shape {shape!r}")
+        total *= int(dim)
+    return total
+
+
+def _pkl_dtype(dtype: Any) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype) if dtype is not None else np.dtype(float)
+    except Exception as err:
+        raise _ForbiddenGlobal(f"dtype {dtype!r} ({err})") from None
+    if resolved.kind not in _PKL_DTYPE_KINDS or resolved.fields is not None or resolved.subdtype is not None:
+        raise _ForbiddenGlobal(f"an array of dtype {resolved} (AU arrays hold numbers)")
+    return resolved
+
+
+class _PklBudget:
+    """Counts elements across one load; refuses an array before numpy allocates it."""
+
+    def __init__(self) -> None:
+        self.elements = 0
+
+    def take(self, shape: Any, dtype: Any) -> None:
+        _pkl_dtype(dtype)
+        n = _pkl_elements(shape)
+        if n > MAX_PKL_ARRAY_ELEMENTS:
+            raise _ForbiddenGlobal(f"an array of {n} elements (limit {MAX_PKL_ARRAY_ELEMENTS} per array)")
+        self.elements += n
+        if self.elements > MAX_PKL_TOTAL_ELEMENTS:
+            raise _ForbiddenGlobal(f"more than {MAX_PKL_TOTAL_ELEMENTS} array elements in all")
+
+
+def _guarded_globals(budget: _PklBudget) -> dict[tuple[str, str], Any]:
+    """The allow-list, each callable wrapped so that dtypes, shapes and sizes are checked before allocation."""
     try:
         from numpy._core import multiarray, numeric
     except ImportError:  # numpy < 2
         from numpy.core import multiarray, numeric
+
+    class GuardedArray(np.ndarray):
+        """numpy.ndarray as the pickle sees it: the constructor and __setstate__ (pickle's BUILD) check first."""
+
+        def __new__(cls, shape, dtype=float, *args, **kwargs):
+            budget.take(shape, dtype)
+            return np.ndarray.__new__(cls, shape, dtype, *args, **kwargs)
+
+        def __setstate__(self, state):
+            if not isinstance(state, tuple) or len(state) not in (4, 5):
+                raise _ForbiddenGlobal(f"array state of type {type(state).__name__}")
+            shape, dtype = state[-4], state[-3]
+            budget.take(shape, dtype)
+            super().__setstate__(state)
+
+    def reconstruct(subtype, shape, dtype):
+        if subtype is not GuardedArray:
+            raise _ForbiddenGlobal(f"_reconstruct of {subtype!r}")
+        if _pkl_elements(shape) > 1:  # pickle rebuilds arrays as a 0/1-element stub, then sets their state
+            raise _ForbiddenGlobal(f"_reconstruct with shape {shape!r}")
+        return multiarray._reconstruct(GuardedArray, shape, dtype)
+
+    def scalar(dtype, *data):
+        return multiarray.scalar(_pkl_dtype(dtype), *data)
+
+    def frombuffer(buffer, dtype, shape, order):
+        budget.take(shape, dtype)
+        return numeric._frombuffer(buffer, dtype, shape, order)
+
+    def dtype(*args, **kwargs):
+        return _pkl_dtype(np.dtype(*args, **kwargs))
+
     allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy", "ndarray"): GuardedArray,
+        ("numpy", "dtype"): dtype,
         ("_codecs", "encode"): _latin1_encode,
     }
     for package in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x names
-        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = scalar
         # Arrays re-saved from Python 3 with pickle protocol 5 are rebuilt from their buffer.
-        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+        allowed[(f"{package}.numeric", "_frombuffer")] = frombuffer
     for module in ("builtins", "__builtin__"):  # Python 3 and Python 2 names
         allowed[(module, "dict")] = dict
         allowed[(module, "list")] = list
@@ -625,47 +718,82 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 
 
 class _AUPickleUnpickler(pickle.Unpickler):
-    """Resolves only the globals a pickled dict of numpy arrays needs; anything else is refused unrun."""
+    """Resolves only the globals a pickled dict of numpy arrays needs; anything else is refused unrun,
+    and every array is checked against the bounds above before it is allocated."""
 
-    _allowed = None
+    def __init__(self, file, **kwargs):
+        super().__init__(file, **kwargs)
+        self._allowed = _guarded_globals(_PklBudget())
 
     def find_class(self, module: str, name: str) -> Any:
-        if _AUPickleUnpickler._allowed is None:
-            _AUPickleUnpickler._allowed = _allowed_globals()
         try:
-            return _AUPickleUnpickler._allowed[(module, name)]
+            return self._allowed[(module, name)]
         except KeyError:
             raise _ForbiddenGlobal(f"{module}.{name}") from None
 
 
-def read_ganimation_pkl(path: str | Path) -> dict[str, np.ndarray]:
-    """{image stem: float32 [17] AUs in 0..1} from GANimation's aus_openface.pkl ({stem: 17 values in 0..5}).
+@dataclass(frozen=True)
+class AUPickle:
+    """GANimation's aus_openface.pkl, read entry by entry: usable AUs, and why each other entry is not."""
 
-    The file is a Python 2 pickle (read with encoding='latin1'); it is loaded through an
-    allow-list, so a pickle that names any other callable raises RejectError and runs nothing.
+    values: dict[str, np.ndarray]                                   # stem -> float32 [17] in 0..1
+    bad: dict[str, RejectError] = field(default_factory=dict)       # stem -> why that entry is unusable
+
+    def lookup(self, keys: Sequence[str]) -> np.ndarray | RejectError | None:
+        """The first of `keys` present: its AUs, or the RejectError of its bad entry; None if absent."""
+        for key in keys:
+            if key in self.values:
+                return self.values[key]
+            if key in self.bad:
+                return self.bad[key]
+        return None
+
+
+def load_ganimation_pkl(path: str | Path) -> AUPickle:
+    """Every entry of an aus_openface.pkl ({stem: 17 values in 0..5}), checked one by one.
+
+    The file is a Python 2 pickle (read with encoding='latin1') loaded through an allow-list: a pickle
+    naming any other callable, or an array of a non-numeric dtype or beyond the size bounds, raises
+    RejectError before anything runs or is allocated. A bad entry (NaN, out of range, wrong shape)
+    only makes that entry unusable; the file as a whole is refused when it cannot be read.
     """
     path = Path(path)
+    if path.is_file() and path.stat().st_size > MAX_PKL_BYTES:
+        raise _reject("au_pkl_too_large", f"{path}: {path.stat().st_size} bytes, more than the "
+                                          f"{MAX_PKL_BYTES // (1024 * 1024)} MiB an AU pickle may have")
     data = _read_bytes(path)
     if not data:
         raise _reject("au_file_empty", f"{path}: file is empty (0 bytes)")
     try:
         content = _AUPickleUnpickler(io.BytesIO(data), encoding="latin1").load()
     except _ForbiddenGlobal as err:
-        raise _reject("au_pkl_forbidden_global", f"{path}: refused to load, the pickle calls {err} "
-                                                 "(an AU pickle only holds numpy arrays)") from None
+        raise _reject("au_pkl_forbidden_global", f"{path}: refused to load, the pickle builds {err} "
+                                                 "(an AU pickle only holds small numeric numpy arrays)") from None
     except Exception as err:  # unpickling bad bytes can raise nearly any type
         raise _reject("au_file_malformed", f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
     if not isinstance(content, dict):
         raise _reject("au_file_malformed", f"{path}: holds a {type(content).__name__}, expected a dict of stem -> 17 AUs")
     if not content:
         raise _reject("au_file_empty", f"{path}: the dict has no entries")
-    out: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray] = {}
+    bad: dict[str, RejectError] = {}
     for key, value in content.items():
         stem = key.decode("latin1") if isinstance(key, bytes) else key
         if not isinstance(stem, str):
             raise _reject("au_file_malformed", f"{path}: key {key!r} is a {type(key).__name__}, expected a string stem")
-        out[stem] = _checked_pkl_value(path, stem, value)
-    return out
+        try:
+            values[stem] = _checked_pkl_value(path, stem, value)
+        except RejectError as err:
+            bad[stem] = err
+    return AUPickle(values, bad)
+
+
+def read_ganimation_pkl(path: str | Path) -> dict[str, np.ndarray]:
+    """{image stem: float32 [17] AUs in 0..1}; strict: RejectError on the first bad entry (see load_ganimation_pkl)."""
+    table = load_ganimation_pkl(path)
+    if table.bad:
+        raise next(iter(table.bad.values()))
+    return table.values
 
 
 def _checked_pkl_value(path: Path, stem: str, value: Any) -> np.ndarray:
@@ -695,10 +823,12 @@ def inspect_au(path: str | Path, config: OpenFaceConfig = OpenFaceConfig()) -> d
     path = Path(path)
     try:
         if path.suffix.lower() in (".pkl", ".pickle"):
-            table = read_ganimation_pkl(path)
+            table = load_ganimation_pkl(path)
             return {
-                "path": str(path), "ok": True, "kind": "ganimation_pkl", "n_keys": len(table),
-                "aus": {stem: {name: float(v) for name, v in zip(AU_NAMES, values)} for stem, values in table.items()},
+                "path": str(path), "ok": bool(table.values), "kind": "ganimation_pkl",
+                "n_keys": len(table.values) + len(table.bad), "n_bad": len(table.bad),
+                "aus": {stem: {name: float(v) for name, v in zip(AU_NAMES, values)} for stem, values in table.values.items()},
+                "bad_entries": {stem: {"reason": err.reason, "detail": err.detail} for stem, err in table.bad.items()},
             }
         csv_table = _load_table(path)
         reading = _read_table(csv_table, config, None)

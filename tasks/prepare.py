@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal, get_args
+from pathlib import Path, PurePosixPath
+from typing import Literal, Mapping, get_args
 
 import numpy as np
 
 from manifests.dataset import encode_png_rgb
 from manifests.schema import make_sample_id, stable_hash
 from manifests.writer import Sample, commit_unit, unit_committed
-from tasks.align import AlignConfig, AlignedFace, FaceAligner
+from tasks.align import OUT_OF_FRAME_WARN, AlignConfig, AlignedFace, FaceAligner
 from tasks.errors import RejectError
 from tasks.imageio import load_image_rgb
 from tasks.ingest import SourceRecord
@@ -27,12 +28,14 @@ from tasks.landmarks import (
     landmarks_to_crop,
 )
 from tasks.openface import (
+    AUPickle,
     AUReading,
     OpenFaceConfig,
     find_au_file,
-    read_ganimation_pkl,
+    load_ganimation_pkl,
     read_openface_csv,
 )
+from tasks.units import plan_split_units
 
 PACKAGE_VERSION = "0.1.0"
 
@@ -41,6 +44,7 @@ PACKAGE_VERSION = "0.1.0"
 # (landmarks_missing when it has none); "detector" = always the detector; "none" = no landmarks.
 LandmarkMode = Literal["auto", "openface", "detector", "none"]
 LANDMARK_MODES: tuple[str, ...] = get_args(LandmarkMode)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,19 +66,43 @@ class WorkUnit:
     unit_id: str
     split: str
     records: tuple[SourceRecord, ...]
+    shared_stems: frozenset[str] = frozenset()  # file stems of this unit's sources that other sources share too
+    membership: str = ""                          # JSON stored with the unit's part (tasks.units)
 
 
-def plan_units(records: list[SourceRecord], unit_size: int, config_hash: str) -> list[WorkUnit]:
-    """Chunks of at most unit_size sources, never mixing splits; ids hash their sorted sources + the config."""
-    if unit_size < 1:
-        raise ValueError(f"unit_size must be >= 1, got {unit_size}")
+class AUSourceError(ValueError):
+    """--aus cannot serve this dataset at all (missing, a single CSV, or matching no image): said before any work."""
+
+
+def image_stem(record: SourceRecord) -> str:
+    return Path(record.path).stem
+
+
+def shared_stems(records: list[SourceRecord]) -> frozenset[str]:
+    """File stems carried by more than one source (e.g. Happiness/face.png and Sadness/face.png)."""
+    counts = Counter(image_stem(r) for r in records)
+    return frozenset(stem for stem, n in counts.items() if n > 1)
+
+
+def plan_units(records: list[SourceRecord], unit_size: int, config_hash: str,
+               committed: Mapping[str, str | None] = {}) -> list[WorkUnit]:
+    """Work units per split (tasks.units.plan_split_units), never mixing splits.
+
+    committed: unit id -> stored membership (manifests.writer.committed_units) of the output being resumed.
+    A committed unit whose sources are all unchanged (same sha256 and same shared-stem status, which
+    decides AU matching) is kept and skipped; the other sources (new, changed, or from a stale unit) go
+    into hash buckets of about unit_size / 2 .. unit_size. Committed units not in the plan are stale:
+    the flow retires them (manifests.writer.retire_units).
+    """
+    shared = shared_stems(records)
     units = []
     for split in ("train", "test"):
-        chosen = sorted((r for r in records if r.split == split), key=lambda r: r.source_id)
-        for index, start in enumerate(range(0, len(chosen), unit_size)):
-            chunk = tuple(chosen[start:start + unit_size])
-            digest = stable_hash([config_hash, [r.source_id for r in chunk], [r.sha256 for r in chunk]], 10)
-            units.append(WorkUnit(f"{split}-{index:05d}-{digest}", split, chunk))
+        by_id = {r.source_id: r for r in records if r.split == split}
+        fingerprints = {i: [r.sha256, image_stem(r) in shared] for i, r in by_id.items()}
+        for planned in plan_split_units(fingerprints, unit_size, split, config_hash, committed):
+            chunk = tuple(by_id[i] for i in planned.source_ids)
+            mine = frozenset(image_stem(r) for r in chunk) & shared
+            units.append(WorkUnit(planned.unit_id, split, chunk, mine, planned.membership))
     return units
 
 
@@ -85,8 +113,12 @@ def _aligner(config: AlignConfig, device: str | None) -> FaceAligner:
 
 
 @functools.lru_cache(maxsize=4)
-def _pkl_aus(path: str) -> dict[str, np.ndarray]:
-    return read_ganimation_pkl(path)
+def _pkl_aus(path: str, mtime_ns: int) -> AUPickle | RejectError:
+    # One load per file version and process; a failed load is cached too, not retried per image.
+    try:
+        return load_ganimation_pkl(path)
+    except RejectError as err:
+        return err
 
 
 @functools.lru_cache(maxsize=4)
@@ -99,24 +131,96 @@ def _detector(align: AlignConfig) -> LandmarkDetector:
     return LandmarkDetector(box_frac=aligned_box_frac(align.margin))
 
 
-def read_source_aus(
-    record: SourceRecord, face: AlignedFace, config: AUConfig
-) -> tuple[list[float] | None, float | None, AUReading | None]:
-    """AUs (0..1, fixed order) for one source, the OpenFace confidence and the CSV reading (None for a
-    pkl or no AUs); RejectError when unusable."""
+def load_au_pickle(path: str | os.PathLike) -> AUPickle:
+    """The (cached) aus_openface.pkl; RejectError, also cached, when the file as a whole is unusable."""
+    path = Path(path)
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except OSError:
+        mtime_ns = -1
+    table = _pkl_aus(str(path), mtime_ns)
+    if isinstance(table, RejectError):
+        raise table
+    return table
+
+
+def check_au_source(records: list[SourceRecord], config: AUConfig) -> str | None:
+    """Refuse an --aus that cannot serve this dataset, before any work; return a note on how many images it covers.
+
+    Refused: a path that does not exist, a single CSV (AUs come as one CSV per image in a folder, or as
+    aus_openface.pkl), and a folder or pickle that matches none of the images (a typo, or the wrong folder).
+    """
+    if config.path is None or not records:
+        return None
+    source = Path(config.path)
+    if not source.exists():
+        raise AUSourceError(f"--aus {source} does not exist")
+    if source.is_file() and source.suffix.lower() == ".csv":
+        raise AUSourceError(f"--aus {source} is a single CSV; AUs are read from a folder of OpenFace CSVs, one per "
+                            f"image (<image stem>.csv), or from GANimation's aus_openface.pkl: pass the folder")
+    if source.is_file() and source.suffix.lower() not in (".pkl", ".pickle"):
+        raise AUSourceError(f"--aus {source} is neither a folder of OpenFace CSVs nor an aus_openface.pkl")
+    if source.is_file():
+        try:
+            table = load_au_pickle(source)
+        except RejectError:
+            return None  # every image gets this reject with its reason; the run says so per image
+        matched = sum(table.lookup(_pkl_keys(r)) is not None for r in records)
+    else:
+        matched = sum(_au_csv_for(r, source, config, frozenset()) is not None for r in records)
+    if matched == 0:
+        example = records[0]
+        tried = ", ".join(p.format(stem=image_stem(example)) for p in config.openface.csv_patterns)
+        what = f"has no entry for any of the {len(records)} images (e.g. {image_stem(example)!r})" if source.is_file() \
+            else f"holds no AU file for any of the {len(records)} images (for {example.source_id} it looked for {tried})"
+        raise AUSourceError(f"--aus {source} {what}; check the path, or leave --aus out to prepare without AUs")
+    return f"--aus {source} covers {matched} of {len(records)} images"
+
+
+def _pkl_keys(record: SourceRecord) -> list[str]:
+    stem = image_stem(record)
+    return [record.source_id, stem, stem.removesuffix("_aligned")]
+
+
+def _au_csv_for(record: SourceRecord, source: Path, config: AUConfig, shared: frozenset[str]) -> Path | None:
+    """The record's AU CSV: by relative path (<aus>/<source id>.csv) first; by file stem only when that stem is
+    not shared with another image (RejectError au_file_ambiguous when it is and no relative-path file exists)."""
+    relative = find_au_file(PurePosixPath(record.source_id).name, source / PurePosixPath(record.source_id).parent,
+                            config.openface.csv_patterns) if "/" in record.source_id else None
+    if relative is not None:
+        return relative
+    stem = image_stem(record)
+    found = find_au_file(stem, source, config.openface.csv_patterns)
+    if found is not None and stem in shared:
+        raise RejectError("openface", "au_file_ambiguous",
+                          f"{found.name} in {source} could belong to several images named {stem!r}; put each one's "
+                          f"AU file at {source}/<source id>.csv (here {source / record.source_id}.csv)")
+    return found
+
+
+def read_source_aus(record: SourceRecord, face: AlignedFace, config: AUConfig,
+                    shared: frozenset[str] = frozenset()) -> tuple[list[float] | None, float | None, AUReading | None]:
+    """AUs (0..1, fixed order) for one source, the OpenFace confidence and the CSV reading (None for a pkl or no
+    AUs); RejectError when unusable."""
     if config.path is None:
         return None, None, None
-    stem = Path(record.path).stem
+    stem = image_stem(record)
     source = Path(config.path)
     if source.suffix == ".pkl":
-        table = _pkl_aus(str(source))
-        for key in (stem, stem.removesuffix("_aligned"), record.source_id):
-            if key in table:
-                return [float(v) for v in table[key]], None, None
+        table = load_au_pickle(source)
+        found = table.lookup(_pkl_keys(record))
+        if found is not None and stem in shared and table.lookup([record.source_id]) is None:
+            raise RejectError("openface", "au_file_ambiguous",
+                              f"{source.name}'s entry {stem!r} could belong to several images with that name; key the "
+                              f"entries by source id (here {record.source_id!r})")
+        if isinstance(found, RejectError):
+            raise found
+        if found is not None:
+            return [float(v) for v in found], None, None
         if config.missing == "keep":
             return None, None, None
         raise RejectError("openface", "au_file_missing", f"{source.name} has no entry for {stem!r}")
-    csv_path = find_au_file(stem, source, config.openface.csv_patterns)
+    csv_path = _au_csv_for(record, source, config, shared)
     if csv_path is None:
         if config.missing == "keep":
             return None, None, None
@@ -206,7 +310,7 @@ def prepare_unit(
         try:
             if isinstance(face, RejectError):
                 raise face
-            au_source, au_confidence, reading = read_source_aus(record, face, aus)
+            au_source, au_confidence, reading = read_source_aus(record, face, aus, unit.shared_stems)
             points, landmark_source = source_landmarks(face, reading, landmarks, detector)
         except RejectError as err:
             rejects.append(err.as_row(record.source_id))
@@ -220,11 +324,16 @@ def prepare_unit(
             "landmarks": flatten_landmarks(points), "landmark_source": landmark_source,
             "singan_start_scale": None, "singan_sample": None, "seed": None,
             "width": size, "height": size, "model_versions": versions, "run_id": run_id,
-            "quality": {"faces_found": face.faces_found if align.mode == "mtcnn" else None, "detect_prob": face.prob, "au_confidence": au_confidence},
+            "quality": {"faces_found": face.faces_found if align.mode == "mtcnn" else None, "detect_prob": face.prob,
+                        "out_of_frame": face.out_of_frame, "au_confidence": au_confidence},
         }
+        if face.out_of_frame > OUT_OF_FRAME_WARN:
+            log.warning(f"{record.source_id}: {face.out_of_frame:.0%} of its crop lies outside the source image "
+                        f"(edge smear; rejected above {align.max_out_of_frame:.0%})")
         meta = {k: row[k] for k in ("source_id", "split", "stage", "label", "au_source")}
         samples.append(Sample(png=encode_png_rgb(face.crop), row=row, meta=meta))
-    written = commit_unit(out_root, split=unit.split, run_name=run_name, unit_id=unit.unit_id, samples=samples, rejects=rejects)
+    written = commit_unit(out_root, split=unit.split, run_name=run_name, unit_id=unit.unit_id, samples=samples, rejects=rejects,
+                          membership=unit.membership or None)
     return {
         "unit_id": unit.unit_id, "skipped": False, "written": written,
         "rejected": dict(Counter(r["reason"] for r in rejects)), "seconds": round(time.perf_counter() - started, 3),

@@ -48,7 +48,7 @@ def test_prepare_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["images_per_split_and_label"]["train"]["Happiness"] == 5
     assert plan["images_per_split_and_label"]["test"]["Neutral"] == 1
-    assert plan["work_units"] == 4 and plan["settings"]["unit_size"] == 4
+    assert plan["work_units"] == 5 and plan["settings"]["unit_size"] == 4  # hash buckets (tasks.units), per split
     assert not out.exists()
 
 
@@ -83,5 +83,6 @@ def test_dataset_errors_exit_2_with_a_message(tmp_path, capsys):
     (tmp_path / "EmoLabel").mkdir()
     (tmp_path / "Image" / "aligned").mkdir(parents=True)
     (tmp_path / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 9\ntrain_00002.jpg 11\n")
-    assert main(["prepare", str(tmp_path), "--out", str(tmp_path / "o"), "--layout", "rafdb", "--dry-run"]) == 2
+    out = tmp_path.parent / f"{tmp_path.name}-o"  # not inside the dataset root, which is refused on its own
+    assert main(["prepare", str(tmp_path), "--out", str(out), "--layout", "rafdb", "--dry-run"]) == 2
     assert "compound" in capsys.readouterr().err.lower()

@@ -158,3 +158,48 @@ def test_crash_during_shard_write_leaves_no_half_shard(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert not list((tmp_path / "shards").rglob("*.tar")) and not list((tmp_path / "shards").rglob(".tmp-*"))
     assert not (tmp_path / "manifest").exists() or not list((tmp_path / "manifest").glob("*.parquet"))
+
+
+def test_a_row_that_cannot_be_written_leaves_no_orphan_shard(tmp_path):
+    good, _ = _sample(1)
+    bad, _ = _sample(2)
+    bad.row["source_id"] = "happy/bad\udcff\udcfename"  # how os.listdir hands over a non-UTF-8 file name
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        commit_unit(tmp_path, split="train", run_name="t", unit_id="train-b0-0123456789", samples=[good, bad])
+    assert not list(tmp_path.rglob("*.tar")) and not unit_committed(tmp_path, "train-b0-0123456789")
+    assert verify(tmp_path).orphans == []
+
+
+def test_a_failure_after_the_shard_removes_it(tmp_path, monkeypatch):
+    import manifests.writer as writer
+
+    def broken(table, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer, "atomic_write_table", broken)
+    with pytest.raises(OSError):
+        commit_unit(tmp_path, split="train", run_name="t", unit_id="u", samples=[_sample(1)[0]])
+    assert not list(tmp_path.rglob("*.tar"))
+
+
+def test_reject_rows_with_undecodable_names_are_stored_escaped(tmp_path):
+    from manifests.writer import write_rejects_part
+
+    row = {"source_id": "happy/bad\udcffname", "stage": "ingest", "reason": "bad_file_name", "detail": "/x/bad\udcffname.png"}
+    write_rejects_part(tmp_path, "ingest", [row])
+    merge_rejects(tmp_path)
+    (stored,) = read_rejects(tmp_path).to_pylist()
+    assert stored["source_id"] == "happy/bad\\xffname" and stored["detail"] == "/x/bad\\xffname.png"
+
+
+def test_retire_units_removes_parts_rejects_and_shards_not_in_the_plan(tmp_path):
+    from manifests.writer import retire_units
+
+    _commit(tmp_path, "train-b0-0000000000", range(0, 2), rejects=[{"source_id": "x", "stage": "align", "reason": "no_face", "detail": ""}])
+    _commit(tmp_path, "train-b1-1111111111", range(2, 4))
+    # a crash between shard and part left this one's shard only
+    (tmp_path / "shards" / "train" / "t-train-b1-2222222222.tar").write_bytes(b"partial")
+    assert retire_units(tmp_path, {"train-b1-1111111111"}) == ["train-b0-0000000000"]
+    assert sorted(p.name for p in (tmp_path / "shards" / "train").iterdir()) == ["t-train-b1-1111111111.tar"]
+    assert not (tmp_path / "rejects" / "part-train-b0-0000000000.parquet").exists()
+    assert read_manifest(tmp_path).num_rows == 2 and verify(tmp_path).ok

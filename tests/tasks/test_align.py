@@ -279,6 +279,48 @@ def test_mixed_size_batch_preserves_order_and_matches_single_runs(astronaut_rgb,
     assert results[4].box[2] < 300 and results[2].box[3] > 300
 
 
+def _place(image: np.ndarray, scale: float, tx: float, ty: float, side_px: int = 512) -> np.ndarray:
+    affine = np.float32([[scale, 0, tx], [0, scale, ty]])
+    return cv2.warpAffine(image, affine, (side_px, side_px), borderMode=cv2.BORDER_CONSTANT, borderValue=(90, 90, 90))
+
+
+def test_faces_at_the_frame_edge_do_not_suppress_each_other_across_a_batch(astronaut_rgb, grace_hopper_rgb) -> None:
+    """facenet-pytorch 2.5.3 offsets boxes per image assuming coordinates >= 0: a box at the bottom-right
+    corner of image i and a box reaching -100 px in image i+1 overlapped, so one face vanished (rejected)
+    and the other moved ~45 px in a batch, while each alone was fine. Batched must equal one at a time."""
+    # max_out_of_frame=1: the cut face is mostly outside its frame; this test is about the suppression only
+    aligner = FaceAligner(AlignConfig(image_size_px=128, batch_size=8, max_out_of_frame=1.0), device="cpu")
+    corner_face = _place(astronaut_rgb, 0.5, 512 - 135, 512 - 87.5)   # small face, box ends past 512 px
+    cut_face = _place(grace_hopper_rgb, 1.0, -180, -145)                # face cut at the top-left: box < 0
+    big_photo = cv2.resize(grace_hopper_rgb, (1024, 1200), interpolation=cv2.INTER_CUBIC)
+    images = [corner_face, cut_face, astronaut_rgb, big_photo]
+    batched = aligner.align(images)
+    for i, image in enumerate(images):
+        (alone,) = aligner.align([image])
+        assert isinstance(alone, AlignedFace) and isinstance(batched[i], AlignedFace), (i, alone, batched[i])
+        assert batched[i].box.min() < 0 or i != 1  # the case the library got wrong really is present
+        np.testing.assert_allclose(batched[i].landmarks5_src, alone.landmarks5_src, atol=1e-3)
+        # float noise between batch shapes (~1e-5 px in the transform) may flip a rounding, nothing more
+        assert np.abs(batched[i].crop.astype(int) - alone.crop.astype(int)).max() <= 1
+
+
+def test_per_image_nms_keeps_boxes_of_different_images_apart() -> None:
+    import torch
+    from facenet_pytorch.models.utils import detect_face
+
+    from tasks.align import install_per_image_nms
+
+    install_per_image_nms()
+    # image 0: box at the batch's largest coordinate; image 1: the same size box reaching -101 px.
+    boxes = torch.tensor([[400.0, 400.0, 500.0, 500.0], [-101.0, -101.0, -1.0, -1.0]])
+    scores, idxs = torch.tensor([0.9, 0.8]), torch.tensor([0, 1])
+    assert sorted(detect_face.batched_nms(boxes, scores, idxs, 0.7).tolist()) == [0, 1]
+    assert sorted(detect_face.batched_nms_numpy(boxes, scores, idxs, 0.7, "Min").tolist()) == [0, 1]
+    # within one image, suppression still happens
+    same = torch.tensor([0, 0])
+    assert detect_face.batched_nms(boxes[[0, 0]], scores, same, 0.7).tolist() == [0]
+
+
 def test_non_rgb_uint8_arrays_are_a_caller_error(aligner) -> None:
     with pytest.raises(ValueError, match="uint8"):
         aligner.align([np.zeros((64, 64, 3), dtype=np.float32)])
@@ -314,3 +356,18 @@ def _blurred_mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     """Mean |a - b| (0..255) after a 3 px blur, so a 1 px shift of fine texture does not dominate."""
     blur = lambda image: cv2.GaussianBlur(image.astype(np.float32), (0, 0), 3)
     return float(np.abs(blur(a) - blur(b)).mean())
+
+
+def test_out_of_frame_share_is_recorded_and_rejected_above_the_limit(astronaut_rgb) -> None:
+    from tasks.align import MAX_OUT_OF_FRAME, out_of_frame_share
+
+    assert out_of_frame_share(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (64, 64), 64) == 0.0
+    assert out_of_frame_share(np.array([[1.0, 0, 32], [0, 1.0, 0]]), (64, 64), 64) == 0.5  # left half from x < 0
+    tolerant = FaceAligner(AlignConfig(image_size_px=64, max_out_of_frame=1.0), device="cpu")
+    whole, = tolerant.align([astronaut_rgb])
+    assert whole.out_of_frame == 0.0
+    tight = cv2.resize(astronaut_rgb[70:170, 160:280], (96, 80))  # an already-cropped face, like CK+ crops
+    cropped, = tolerant.align([tight])
+    assert cropped.out_of_frame > MAX_OUT_OF_FRAME
+    strict, = FaceAligner(AlignConfig(image_size_px=64), device="cpu").align([tight])
+    assert isinstance(strict, RejectError) and strict.reason == "face_out_of_frame" and "--align none" in strict.detail

@@ -74,7 +74,9 @@ def test_detector_on_ck48_faces(shared_data, detector):
 
     faces = load_ck48_faces(shared_data / "ck48", 12)
     means = []
-    for face in FaceAligner(AlignConfig(image_size_px=128), device="cpu").align([rgb for _, rgb in faces]):
+    # CK+48 crops are cut tight, so most of an MTCNN crop lies outside them: allow it here (prepare rejects it)
+    aligner = FaceAligner(AlignConfig(image_size_px=128, max_out_of_frame=1.0), device="cpu")
+    for face in aligner.align([rgb for _, rgb in faces]):
         points = check_landmarks(detector.detect(face.crop), 128)
         means.append(np.linalg.norm(landmarks5_from_68(points) - face.landmarks5_crop, axis=1).mean())
     assert len(means) == 12 and max(means) < 6.0 and np.median(means) < 3.5, np.round(means, 2)

@@ -522,7 +522,7 @@ def test_other_globals_are_refused(payload_kind, tmp_path):
     ({"a": KNOWN.reshape(1, 17)}, "au_value_shape"),
     ({"a": np.where(np.arange(17) == 4, np.nan, KNOWN)}, "au_value_nan"),
     ({"a": np.where(np.arange(17) == 4, 5.5, KNOWN)}, "au_value_out_of_range"),
-    ({"a": np.array(["x"] * 17)}, "au_file_malformed"),
+    ({"a": np.array(["x"] * 17)}, "au_pkl_forbidden_global"),  # string dtype: refused before it is built
 ])
 def test_bad_pkl_content(content, reason, tmp_path):
     path = tmp_path / "bad.pkl"
@@ -658,3 +658,81 @@ def test_real_openface_csv_landmarks(shared_data):
     assert points[36:48, 1].mean() < points[30, 1] < points[48:68, 1].mean() < points[8, 1]
     eye_distance = np.linalg.norm(points[42:48].mean(axis=0) - points[36:42].mean(axis=0))
     assert 20 < eye_distance < 200
+
+
+def test_one_bad_pkl_entry_rejects_only_that_entry(tmp_path):
+    from tasks.openface import load_ganimation_pkl
+
+    path = tmp_path / "aus_openface.pkl"
+    path.write_bytes(py2_pickle({"good": KNOWN, "nan": np.where(np.arange(17) == 4, np.nan, KNOWN), "also_good": KNOWN}))
+    table = load_ganimation_pkl(path)
+    assert sorted(table.values) == ["also_good", "good"]
+    assert table.bad["nan"].reason == "au_value_nan" and "'nan'" in table.bad["nan"].detail
+    assert table.lookup(["missing", "good"]) is table.values["good"]
+    assert table.lookup(["nan"]).reason == "au_value_nan" and table.lookup(["x"]) is None
+    report = inspect_au(path)
+    assert report["ok"] and report["n_bad"] == 1 and report["bad_entries"]["nan"]["reason"] == "au_value_nan"
+
+
+class _HugeArray:
+    """Pickles as numpy.ndarray((n,), dtype object): only allow-listed globals, tiny file, huge allocation."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __reduce__(self):
+        return np.ndarray, ((self.n,), np.dtype(object))
+
+
+@pytest.mark.parametrize("dtype_kind", ["object", "float"])
+def test_pkl_bounds_refuse_before_allocating(dtype_kind, tmp_path):
+    import tracemalloc
+
+    n = 20_000_000  # 160 MB of pointers / floats if it were built
+    payload = (pickle.dumps({"a": _HugeArray(n)}, protocol=2) if dtype_kind == "object"
+               else pickle.dumps({"a": np.zeros(MAX_ELEMENTS_PROBE)}, protocol=2))
+    path = tmp_path / "hostile.pkl"
+    path.write_bytes(payload)
+    tracemalloc.start()
+    try:
+        err = reject_of(read_ganimation_pkl, path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err.reason == "au_pkl_forbidden_global", err
+    assert peak < 20_000_000, peak
+    if dtype_kind == "object":
+        assert len(payload) < 200 and "dtype object" in err.detail
+
+
+MAX_ELEMENTS_PROBE = 5000  # one array above MAX_PKL_ARRAY_ELEMENTS (4096)
+
+
+def test_frames_all_zero_with_advancing_timestamps_are_ordered_by_timestamp(tmp_path):
+    # A FACSvatar-style fork writes frame = 0 on every row; the timestamps tell the rows apart.
+    rows = [OpenFaceRow(aus=VIDEO_AUS[i], frame=0, timestamp=0.04 * i, confidence=0.95) for i in range(len(VIDEO_AUS))]
+    path = write_openface_csv(tmp_path / "v.csv", rows)
+    reading = read_openface_csv(path)
+    assert reading.rule == "video_median" and reading.row_indices == tuple(range(len(VIDEO_AUS)))
+    assert "numbered by timestamp" in reading.detail
+    # the same file with equal timestamps is still refused: nothing tells its rows apart
+    same = write_openface_csv(tmp_path / "same.csv", [OpenFaceRow(aus=KNOWN, frame=0, timestamp=0.0)] * 3)
+    assert "several rows for one frame" in reject_of(read_openface_csv, same).detail
+
+
+def test_cut_off_last_line_is_skipped_and_said(tmp_path):
+    path = write_openface_csv(tmp_path / "v.csv", [OpenFaceRow(aus=KNOWN, frame=f) for f in (1, 2, 3)])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 40])  # mid-row, no final newline
+    reading = read_openface_csv(path)
+    assert reading.row_indices == (0, 1) and "cut off" in reading.detail
+
+
+REAL_FACSVATAR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "openface" / "facsvatar_jt_raw.csv"
+
+
+@pytest.mark.skipif(not REAL_FACSVATAR.is_file(), reason="../shared/data (real OpenFace CSVs) is not present")
+def test_real_facsvatar_file_with_frame_zero_is_read():
+    reading = read_openface_csv(REAL_FACSVATAR)
+    assert reading.rule == "video_median" and len(reading.row_indices) == 474
+    assert "numbered by timestamp" in reading.detail and "line 476 was cut off" in reading.detail
