@@ -1,4 +1,5 @@
-"""The demo, the README's main job: sample faces -> prepare -> train a small GANimation -> expand -> reports."""
+"""The demo, the README's main job: sample faces -> prepare -> landmark-warp edits of real photos and a small
+GANimation on synthetic faces -> SinGAN regenerations -> reports."""
 from __future__ import annotations
 
 import time
@@ -22,6 +23,11 @@ DEMO_SIZE_PX = 64             # small faces keep the whole demo within minutes o
 SYNTHETIC_IDENTITIES = 300    # x 2 faces each; 20 % of the identities are held out as the test split
 SYNTHETIC_PER_IDENTITY = 2
 EXPANDED_SOURCES = 3          # train faces the demo expands (a seeded choice): 9 edits, 18 regenerations
+REAL_SIZE_PX = 128            # the photos: big enough to see the warp's edits on the contact sheet
+REAL_SOURCES = 2              # photos the demo edits (a seeded choice among the train photos)
+# The photos get the six non-neutral emotions each, from the landmark warp (no training), at a clearly
+# visible intensity; their own label is not skipped, so every photo shows all six.
+REAL_EMOTIONS = EmotionConfig(emotions=(1, 2, 3, 4, 5, 6), skip_source_label=False, intensity_range=(0.6, 0.9))
 # A small GANimation (resize-conv upsampling: no checkerboard at this size) and a short schedule.
 DEMO_GANIMATION = TrainGANimationConfig(
     model=GANimationConfig(image_size_px=DEMO_SIZE_PX, conv_dim=16, repeat_num=3, critic_conv_dim=16,
@@ -52,8 +58,8 @@ def demo(out: str = "demo-out", device: str | None = None) -> dict:
                             align=AlignConfig(mode="none", image_size_px=DEMO_SIZE_PX),
                             aus=AUConfig(path=str(synthetic_dir / "openface")), unit_size=256, device=device))
     prepare(PrepareSettings(dataset=real["images"], out=str(root / "prepared-real"), run_name="demo-real",
-                            ingest=IngestConfig(layout="folders"), align=AlignConfig(image_size_px=DEMO_SIZE_PX),
-                            aus=AUConfig(path=real["openface"]), unit_size=16, device=device))
+                            ingest=IngestConfig(layout="folders"), align=AlignConfig(image_size_px=REAL_SIZE_PX),
+                            aus=AUConfig(path=real["openface"]), landmarks="detector", unit_size=16, device=device))
 
     # 3. A small GANimation trained on the synthetic faces (reused when a previous demo trained it).
     trained = train_ganimation_flow(TrainGANimationSettings(
@@ -67,12 +73,12 @@ def demo(out: str = "demo-out", device: str | None = None) -> dict:
         regenerations=2, singan_preset=DEMO_SINGAN["preset"], singan_overrides=DEMO_SINGAN["overrides"],
         singan_start="N-2", bank_size=16, unit_size=16, seed=0, limit_sources=EXPANDED_SOURCES, device=device))
 
-    # 5. The photos: SinGAN regenerations only (a GANimation trained on drawings does not edit photos).
+    # 5. The photos: landmark-warp edits to the six non-neutral emotions, 2 SinGAN regenerations per edit.
     photos = expand(ExpandSettings(
-        prepared=str(root / "prepared-real"), out=str(root / "expanded-real"), run_name="demo",
-        plan=PlanSettings(kind="none"), regenerations=2, singan_preset=DEMO_SINGAN["preset"],
-        singan_overrides=DEMO_SINGAN["overrides"], singan_start="N-2", bank_size=16, unit_size=16, seed=0,
-        limit_sources=2, device=device))
+        prepared=str(root / "prepared-real"), out=str(root / "expanded-real"), run_name="demo", editor="warp",
+        plan=PlanSettings(kind="emotion", per_source=None, emotion=REAL_EMOTIONS), regenerations=2,
+        singan_preset=DEMO_SINGAN["preset"], singan_overrides=DEMO_SINGAN["overrides"], singan_start="N-2",
+        bank_size=16, unit_size=16, seed=0, limit_sources=REAL_SOURCES, device=device))
 
     minutes = (time.perf_counter() - t0) / 60
     logger.info(f"demo finished in {minutes:.1f} min")
@@ -86,7 +92,7 @@ def run_demo(out: str, device: str | None = None) -> dict:
     print(f"\nDemo done in {summary['minutes']} min.\n"
           f"  Synthetic faces (edits + regenerations): {summary['synthetic_report']}\n"
           f"      contact sheet: {summary['synthetic_contact_sheet']}\n"
-          f"  Photos (SinGAN regenerations):           {summary['real_report']}\n"
+          f"  Photos (warp edits + regenerations):      {summary['real_report']}\n"
           f"      contact sheet: {summary['real_contact_sheet']}\n"
           f"  Check an output: singanimation verify {Path(summary['synthetic_report']).parent}")
     return summary

@@ -40,7 +40,8 @@ from tasks.units import plan_split_units
 PACKAGE_VERSION = "0.1.0"
 
 # Where each face's 68 landmarks come from: "auto" = the OpenFace CSV's points (of the row the AUs
-# came from) when it has them, else the detector on the aligned crop; "openface" = only the CSV
+# came from) when it has them, else the detector on the aligned crop, else none (the face is kept without
+# landmarks; CSV points off the crop are still a reject); "openface" = only the CSV
 # (landmarks_missing when it has none); "detector" = always the detector; "none" = no landmarks.
 LandmarkMode = Literal["auto", "openface", "detector", "none"]
 LANDMARK_MODES: tuple[str, ...] = get_args(LandmarkMode)
@@ -267,6 +268,10 @@ def source_landmarks(
     try:
         return check_landmarks(detector.detect(face.crop), size), "detector"
     except RejectError as err:
+        if mode == "auto":
+            # Landmarks are optional in auto: the face is kept without them (landmark_source "none"); only
+            # the warp editor needs them, and it rejects such a face with landmarks_missing.
+            return None, "none"
         raise RejectError(err.stage, err.reason, f"landmark detector on the aligned crop: {err.detail}") from None
 
 

@@ -110,3 +110,21 @@ def test_a_gan_pkl_has_no_points_so_auto_uses_the_detector(drawn, tmp_path):
                      align=AlignConfig(mode="none", image_size_px=CROP_PX), aus=AUConfig(path=str(pkl)), landmarks="auto")
     rows = read_manifest(tmp_path / "out").to_pylist()
     assert len(rows) == drawn.n_images and {r["landmark_source"] for r in rows} == {"detector"}
+
+
+def test_auto_keeps_a_face_the_detector_cannot_read_without_landmarks():
+    """Landmarks are optional in auto (only the warp editor needs them); asked for explicitly, they are required."""
+    from types import SimpleNamespace
+
+    from tasks.errors import RejectError
+    from tasks.prepare import source_landmarks
+
+    class Blind:
+        def detect(self, crop):
+            raise RejectError("landmarks", "landmarks_no_face", "dlib found no face")
+
+    face = SimpleNamespace(crop=np.zeros((32, 32, 3), np.uint8), transform=None)
+    assert source_landmarks(face, None, "auto", Blind()) == (None, "none")
+    with pytest.raises(RejectError) as err:
+        source_landmarks(face, None, "detector", Blind())
+    assert err.value.reason == "landmarks_no_face"
