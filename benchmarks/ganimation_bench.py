@@ -400,6 +400,8 @@ def run_benchmark(
 
         # 3. Editors that need no training, on the same held-out faces.
         scored = {name: evaluate_editor(fn, oracle, eval_set, data) for name, fn in (editors or {}).items()}
+        if scored:  # written at once: GANimation's training may take many minutes more
+            (out_dir / "editors.json").write_text(json.dumps(scored, indent=2, sort_keys=True, default=float))
 
         # 4. Train GANimation; score the latest checkpoint every eval_every_epochs.
         history: list[dict[str, float]] = []
