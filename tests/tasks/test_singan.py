@@ -22,6 +22,7 @@ from tasks.singan import (
     regenerate_faces,
     regenerate_faces_task,
     regenerate_images,
+    regenerate_injected,
     sample_seeds,
     save_bank,
     ssim_to_source,
@@ -142,6 +143,24 @@ def test_regenerate_faces_end_to_end():
     skipping = dataclasses.replace(TEST_CONFIG, skip_coarse_scales=1)
     with pytest.raises(ValueError, match="skip"):
         regenerate_faces(faces, skipping, [1, 2], SinGANSampleConfig(start_offset=0, num_samples=1), [[1], [2]], device="cpu")
+
+
+def test_regenerate_injected_draws_other_images_through_each_member():
+    faces = _faces(3)
+    sample = SinGANSampleConfig(num_samples=2, start_offset=1)
+    injections = [[(faces[0], [10, 11]), (faces[2], [12, 13])], []]
+    start, out = regenerate_injected(faces[:2], TEST_CONFIG, [1, 2], sample, injections, device="cpu")
+    assert len(out) == 2 and len(out[0]) == 2 and out[1] == [] and len(out[0][1]) == 2
+    bank = train_singan_bank(faces[:2], TEST_CONFIG, [1, 2], device="cpu")  # the same bank, trained again
+    expect = regenerate_images(bank, 0, faces[2], start, 2, [12, 13], sample.noise_gain)
+    assert all(np.array_equal(a, b) for a, b in zip(out[0][1], expect))
+    own = regenerate_images(bank, 0, faces[0], start, 2, [12, 13], sample.noise_gain)
+    assert not np.array_equal(own[0], out[0][1][0])  # the injected image, not the training image, is drawn
+    # regenerate_faces is the special case "each member regenerates its own training image"
+    _, same = regenerate_faces(faces[:2], TEST_CONFIG, [1, 2], sample, [[10, 11], [20, 21]], device="cpu")
+    assert all(np.array_equal(a, b) for a, b in zip(same[0], out[0][0]))
+    with pytest.raises(ValueError, match="injection lists"):
+        regenerate_injected(faces[:2], TEST_CONFIG, [1, 2], sample, injections[:1], device="cpu")
 
 
 def test_ssim_to_source_is_one_for_the_source_itself():
