@@ -358,12 +358,12 @@ def section_curve(face_paths: list[str], device: torch.device, seeds_per_face: i
 # diversity (issue 14): banks trained once per (config, face), saved under --div-dir, measured afterwards
 
 DIVERSITY_CONFIGS = {
-    # name: (preset, changes). "today" is the `fast` preset as it was before issue 14.
-    "today": ("fast", {"skip_coarse_scales": 2, "iters_per_scale": 200, "skip_noise_amp_factor": 3.0}),
-    "skip1_it100": ("fast", {"skip_coarse_scales": 1, "iters_per_scale": 100, "skip_noise_amp_factor": 3.0}),
-    "skip0_it100": ("fast", {"skip_coarse_scales": 0, "iters_per_scale": 100}),
+    # name: (preset, changes). "today" is the default before issue 14 (`fast_skip2`, then called `fast`).
+    "today": ("fast_skip2", {}),
+    "skip1_it100": ("fast_skip2", {"skip_coarse_scales": 1, "iters_per_scale": 100}),  # = the new `fast`
+    "skip0_it100": ("fast_skip2", {"skip_coarse_scales": 0, "iters_per_scale": 100}),
     # the first trained scale (N-1) trained at the noise it is sampled with, instead of a gain at sampling
-    "skip1_amp12_it100": ("fast", {"skip_coarse_scales": 1, "iters_per_scale": 100, "skip_noise_amp_factor": 12.0}),
+    "skip1_amp12_it100": ("fast_skip2", {"skip_coarse_scales": 1, "iters_per_scale": 100, "skip_noise_amp_factor": 12.0}),
 }
 
 
@@ -409,6 +409,55 @@ def section_diversity_train(div_dir: Path, faces: list[str], configs: list[str])
             print(f"  trained {name} on {face}: {meta['cpu_s']:.1f} CPU s", flush=True)
 
 
+RAFDB_TRAIN_FACES = 12271
+
+
+def section_per_source(div_dir: Path, faces: list[str], edits: list[str], config: str, start: str, gain: float,
+                       out_json: Path | None) -> dict:
+    """One SinGAN per source with the edit injected vs one SinGAN trained on the edit itself: the same edit
+    image injected at the same start scale and gain, 8 samples, metrics against the edit (SSIM to the edit,
+    landmarks re-detected vs the edit's, blurred diversity, realism vs the edit)."""
+    from benchmarks.landmarks_bench import landmark_shift_px
+
+    rows = []
+    offset = 0 if start == "N" else int(start[2:])
+    for i, face in enumerate(faces):
+        for edit in edits:
+            edited = np.load(div_dir / "faces" / f"{face}_{edit}.npy")
+            source = np.load(div_dir / "faces" / f"{face}.npy")
+            edit_px = landmark_shift_px([edited], source)[0]  # how far the edit moved the landmarks
+            per_edit_path = div_dir / "banks" / config / f"{face}_{edit}.pt"
+            for mode, path in (("per_source", div_dir / "banks" / config / f"{face}.pt"), ("per_edit", per_edit_path)):
+                if not path.exists():
+                    continue
+                bank, meta = load_saved_bank(path)
+                samples = draw_samples(bank, edited, bank.coarsest_scale - offset, gain, seed=i)
+                rows.append({"face": face, "edit": edit, "mode": mode, "train_cpu_s": meta["cpu_s"],
+                             "edit_landmark_px": edit_px,
+                             "landmark_px_to_source": float(np.mean(landmark_shift_px(list(samples), source))),
+                             **sample_metrics(samples, edited)})
+    print(f"\n== one SinGAN per source (edit injected) vs per edit ({config}, {start}, gain {gain:g}; "
+          "metrics against the edit) ==")
+    print("  face             edit      mode        blur-div   SSIM  realism  lmk px  <=2px  (edit moved / sample to source px)")
+    for r in rows:
+        print(f"  {r['face']:16s} {r['edit']:9s} {r['mode']:10s}  {r['blurred_diversity']:8.4f}  {r['ssim']:.3f}  "
+              f"{r['realism']:7.3f}  {r['landmark_px']:6.2f}  {r['landmark_within_2px']:5.2f}  "
+              f"({r['edit_landmark_px']:.2f} / {r['landmark_px_to_source']:.2f})")
+    pairs = {(r["face"], r["edit"]) for r in rows if r["mode"] == "per_edit"}
+    summary = {}
+    for mode in ("per_source", "per_edit"):
+        chosen = [r for r in rows if r["mode"] == mode and (r["face"], r["edit"]) in pairs]
+        if chosen:
+            summary[mode] = {k: float(np.mean([r[k] for r in chosen])) for k in
+                             ("blurred_diversity", "ssim", "realism", "landmark_px", "landmark_within_2px",
+                              "landmark_px_to_source", "edit_landmark_px")}
+            print(f"  mean {mode:10s} over {len(chosen)} edits: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[mode].items()))
+    result = {"config": config, "start": start, "gain": gain, "rows": rows, "summary": summary}
+    if out_json is not None:
+        out_json.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def section_expand_cost(div_dir: Path, sizes: list[int], new_config: SinGANConfig, probe_iters: int,
                         edits: int = 3, regenerations: int = 2) -> dict:
     """CPU seconds of SinGAN work per expanded source (N edits, M regenerations each), today's default (one
@@ -417,7 +466,8 @@ def section_expand_cost(div_dir: Path, sizes: list[int], new_config: SinGANConfi
     trained scale probed for `probe_iters` iterations, times the iterations per scale (extrapolated)."""
     from models.singan import regenerate
 
-    configs = {"official": preset("official"), "today (fast_skip2)": diversity_config("today"), "new": new_config}
+    configs = {"official": preset("official"), "today (fast_skip2)": diversity_config("today"), "new": new_config,
+               "new, all scales": dataclasses.replace(new_config, skip_coarse_scales=0)}
     out: dict = {"probe_iters": probe_iters, "edits": edits, "regenerations": regenerations, "sizes": {}}
     print(f"\n== CPU seconds per training (one thread, process time, {probe_iters} probe iterations per scale, "
           "extrapolated) ==")
@@ -440,6 +490,14 @@ def section_expand_cost(div_dir: Path, sizes: list[int], new_config: SinGANConfi
         row["per_source"] = {"today_cpu_s": today_s, "new_cpu_s": new_s, "ratio": today_s / new_s,
                              "sample_cpu_s": sample_s}
         out["sizes"][str(size)] = row
+        if size == 100:  # RAF-DB's aligned size: its train split, 3 edits and 2 regenerations per face
+            faces = RAFDB_TRAIN_FACES
+            out["rafdb_train"] = {
+                "faces": faces, "today_trainings": faces * edits, "new_trainings": faces,
+                "today_cpu_hours": faces * today_s / 3600, "new_cpu_hours": faces * new_s / 3600}
+            print(f"  RAF-DB train split ({faces} faces, N={edits}, M={regenerations}) on one such thread: today "
+                  f"{faces * today_s / 3600:.0f} CPU hours ({faces * edits} trainings), new {faces * new_s / 3600:.0f} "
+                  f"CPU hours ({faces} trainings)")
         off = row["official"]["train_cpu_s"]
         for name in configs:
             t = row[name]["train_cpu_s"]
@@ -524,7 +582,7 @@ def section_diversity_measure(div_dir: Path, faces: list[str], configs: list[str
 
 
 def write_sample_grid(div_dir: Path, faces: list[str], config: str, start: str, gain: float, path: Path,
-                      injected: dict[str, np.ndarray] | None = None, num: int = 6, zoom: int = 3) -> None:
+                      injected: dict[str, np.ndarray] | None = None, num: int = 6, zoom: int = 1) -> None:
     """PNG grid: one row per face: the injected image, then `num` samples, enlarged `zoom`x (nearest)."""
     from manifests.dataset import encode_png_rgb
 
@@ -561,6 +619,7 @@ def main() -> None:
     parser.add_argument("--expand-cost", help="comma list of sizes (px): CPU seconds per expanded source, then exit")
     parser.add_argument("--expand-cost-config", default="fast", help="the new default (a preset or DIVERSITY_CONFIGS name)")
     parser.add_argument("--probe-iters", type=int, default=5, help="iterations per scale the cost probes time")
+    parser.add_argument("--per-source", help="CONFIG,START,GAIN: one SinGAN per source vs per edit, then exit")
     parser.add_argument("--div-measure", help="comma list of trained DIVERSITY_CONFIGS to measure, then exit")
     parser.add_argument("--div-train", help="comma list of DIVERSITY_CONFIGS to train on --div-faces, then exit")
     args = parser.parse_args()
@@ -578,6 +637,11 @@ def main() -> None:
                                      args.probe_iters)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
+        return
+    if args.per_source:
+        config, start, gain = args.per_source.split(",")
+        section_per_source(Path(args.div_dir), args.div_faces.split(","), ["smile", "brows_up"], config, start,
+                           float(gain), Path(args.json) if args.json else None)
         return
     if args.div_measure:
         section_diversity_measure(Path(args.div_dir), args.div_faces.split(","), args.div_measure.split(","),
