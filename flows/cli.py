@@ -241,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--singan-preset", default="fast", help="SinGAN preset (fast, official, reduced, tiny, ...)")
     p.add_argument("--singan-set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change one SinGANConfig field of the preset, e.g. iters_per_scale=200 (repeatable)")
-    p.add_argument("--singan-start", default="N-2", help="scale the image is injected at: N, N-1 or N-2 (default)")
-    p.add_argument("--singan-noise-gain", type=float, default=2.0, help="noise multiplier at the start scale")
+    p.add_argument("--singan-start", default="N-1", help="scale the image is injected at: N-1 (default) or N-2; N needs a preset that trains every scale")
+    p.add_argument("--singan-noise-gain", type=float, default=4.0, help="noise multiplier at the start scale")
     p.add_argument("--singan-train-on", default="source", choices=["source", "edit"],
                    help="one SinGAN per source face with its edits injected (default), or one per edit")
     p.add_argument("--bank-size", type=int, default=16, help="faces trained together in one SinGAN bank")

@@ -67,8 +67,8 @@ class ExpandSettings(BaseModel):
     singan_preset: str = Field("fast", description=f"one of {sorted(PRESETS)}")
     singan_overrides: dict[str, float | int | bool] = Field(
         default_factory=dict, description="SinGANConfig fields to change from the preset, e.g. {'iters_per_scale': 200}")
-    singan_start: str = Field("N-2", pattern=r"^N(-[0-9]+)?$", description="scale the image is injected at")
-    singan_noise_gain: float = Field(2.0, ge=0, description="noise multiplier at the start scale (1 = as trained)")
+    singan_start: str = Field("N-1", pattern=r"^N(-[0-9]+)?$", description="scale the image is injected at")
+    singan_noise_gain: float = Field(4.0, ge=0, description="noise multiplier at the start scale (1 = as trained)")
     singan_train_on: Literal["source", "edit"] = Field(
         "source", description="one SinGAN per source face with its edits injected at the start scale, or one per edit")
     bank_size: int = Field(16, ge=1, description="faces trained together in one SinGAN bank")
@@ -160,9 +160,10 @@ def singan_cost_per_face(config, image_px: int) -> float:
 
 
 # CPU seconds per unit of singan_cost_per_face on one thread of the development machine (2-core x86, torch
-# 2.x), fitted to measured trainings (benchmarks/bench_singan.py --sections expand_cost): an estimate for
-# planning, not a promise; a GPU is one to two orders of magnitude faster.
-CPU_S_PER_COST_UNIT = 15.6e-9
+# 2.x), fitted to CPU times measured for the `fast` and `fast_skip2` presets at 64, 100 and 128 px (14-16e-9;
+# benchmarks/bench_singan.py --expand-cost, docs/singan-diversity.md). It overestimates `official` (wider
+# channels run more efficiently) by up to 40 %. An estimate for planning, not a promise.
+CPU_S_PER_COST_UNIT = 15.0e-9
 
 
 def singan_trainings(train_on: str, regenerations: int, parents: int, sources_with_parents: int) -> int:

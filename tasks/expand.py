@@ -66,8 +66,8 @@ class ExpandJob:
     regenerations: int = 2                 # M per edit (or per original when there are no edits)
     singan_preset: str = "fast"
     singan_overrides: tuple[tuple[str, float | int | bool], ...] = ()  # SinGANConfig fields changed from the preset
-    singan_start: str = "N-2"              # "N", "N-1", "N-2", ... counted from the coarsest scale N
-    singan_noise_gain: float = 2.0         # noise multiplier at the start scale (1 = as trained)
+    singan_start: str = "N-1"              # "N", "N-1", "N-2", ... counted from the coarsest scale N
+    singan_noise_gain: float = 4.0         # noise multiplier at the start scale (1 = as trained)
     singan_train_on: Literal["source", "edit"] = "source"  # one SinGAN per source (edits injected) or per edit
     bank_size: int = 16                    # faces trained together in one SinGAN bank
     seed: int = 0

@@ -93,7 +93,7 @@ def test_seeds_are_stable_and_independent_of_how_many_are_drawn():
 
 def test_sample_config_resolves_the_start_scale(tiny_bank):
     bank, _ = tiny_bank
-    assert SinGANSampleConfig().start_scale(bank) == bank.coarsest_scale - 2
+    assert SinGANSampleConfig().start_scale(bank) == bank.coarsest_scale - 1
     assert SinGANSampleConfig(start_offset=0).start_scale(bank) == bank.coarsest_scale
     assert SinGANSampleConfig(start_offset=99).start_scale(bank) == 0
     with pytest.raises(ValueError):
@@ -138,7 +138,7 @@ def test_regenerate_faces_end_to_end():
     faces = _faces(2)
     start, samples = regenerate_faces(
         faces, TEST_CONFIG, [1, 2], SinGANSampleConfig(num_samples=2), [[10, 11], [12, 13]], device="cpu")
-    assert start == 0  # 3 scales (16, 18, 20 px): N = 2, so N - 2 is the finest
+    assert start == 1  # 3 scales (16, 18, 20 px): N = 2, so the default N - 1 is scale 1
     assert len(samples) == 2 and all(len(s) == 2 and s[0].shape == (20, 20, 3) for s in samples)
     skipping = dataclasses.replace(TEST_CONFIG, skip_coarse_scales=1)
     with pytest.raises(ValueError, match="skip"):
@@ -198,7 +198,7 @@ def astronaut_bank(astronaut_face):
 
 @pytest.fixture(scope="module")
 def astronaut_skip_bank(astronaut_face):
-    """The same budget with the default preset's design: the two coarsest scales untrained, the first trained
+    """The same budget with the default preset's design: its coarsest scales untrained, the first trained
     scale at the default preset's raised noise amplitude."""
     fast = preset("fast")
     cfg = dataclasses.replace(preset("reduced"), skip_coarse_scales=fast.skip_coarse_scales,
@@ -223,7 +223,7 @@ def test_reconstruction_reproduces_the_face(astronaut_bank, astronaut_skip_bank)
     full, _ = astronaut_bank
     full_rmse = float(rmse(full.reconstruct(), image[None])[0])
     flat_rmse = float(rmse(image.mean(dim=(1, 2), keepdim=True).expand_as(image)[None], image[None])[0])
-    print(f"\nreconstruction RMSE: skip-2 bank {rec_rmse:.4f} (its input, the image via scale N-1: {start_rmse:.4f}); "
+    print(f"\nreconstruction RMSE: coarse-skipping bank {rec_rmse:.4f} (its input, the image via the finest skipped scale: {start_rmse:.4f}); "
           f"all-scales bank from z* {full_rmse:.4f} (flat mean colour: {flat_rmse:.4f})")
     assert rec_rmse < 0.6 * start_rmse
     assert full_rmse < 0.5 * flat_rmse
