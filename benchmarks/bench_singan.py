@@ -360,9 +360,9 @@ def section_curve(face_paths: list[str], device: torch.device, seeds_per_face: i
 DIVERSITY_CONFIGS = {
     # name: (preset, changes). "today" is the default before issue 14 (`fast_skip2`, then called `fast`).
     "today": ("fast_skip2", {}),
-    "skip1_it100": ("fast_skip2", {"skip_coarse_scales": 1, "iters_per_scale": 100}),  # = the new `fast`
+    "skip1_it100": ("fast_skip2", {"skip_coarse_scales": 1, "iters_per_scale": 100}),
     "skip0_it100": ("fast_skip2", {"skip_coarse_scales": 0, "iters_per_scale": 100}),
-    # the first trained scale (N-1) trained at the noise it is sampled with, instead of a gain at sampling
+    # the first trained scale (N-1) trained at 4x more noise: the new `fast`
     "skip1_amp12_it100": ("fast_skip2", {"skip_coarse_scales": 1, "iters_per_scale": 100, "skip_noise_amp_factor": 12.0}),
 }
 
