@@ -62,14 +62,16 @@ def sync(device: torch.device) -> None:
 # timing
 
 
-def probe_iteration_seconds(images: torch.Tensor, config: SinGANConfig, device: torch.device, probe_iters: int) -> list[float]:
+def probe_iteration_seconds(images: torch.Tensor, config: SinGANConfig, device: torch.device, probe_iters: int,
+                            clock=time.perf_counter) -> list[float]:
     """Seconds per training iteration at each trained scale (coarsest first), from `probe_iters` iterations
-    per scale; the first two iterations of a scale (allocation, kernel selection) are not counted."""
+    per scale; the first two iterations of a scale (allocation, kernel selection) are not counted.
+    clock: time.perf_counter (wall) or time.process_time (CPU seconds of this process, for a shared CPU)."""
     stamps: dict[int, list[float]] = {}
 
     def progress(scale: int, it: int, total: int) -> None:
         sync(device)
-        stamps.setdefault(scale, []).append(time.perf_counter())
+        stamps.setdefault(scale, []).append(clock())
 
     probe = dataclasses.replace(config, iters_per_scale=probe_iters)
     train_bank(images.to(device), probe, list(range(images.shape[0])), device=device, progress=progress)
@@ -352,6 +354,250 @@ def section_curve(face_paths: list[str], device: torch.device, seeds_per_face: i
     return results
 
 
+# ---------------------------------------------------------------------------------------------------------
+# diversity (issue 14): banks trained once per (config, face), saved under --div-dir, measured afterwards
+
+DIVERSITY_CONFIGS = {
+    # name: (preset, changes). "today" is the default before issue 14 (`fast_skip2`, then called `fast`).
+    "today": ("fast_skip2", {}),
+    "skip1_it100": ("fast_skip2", {"skip_coarse_scales": 1, "iters_per_scale": 100}),
+    "skip0_it100": ("fast_skip2", {"skip_coarse_scales": 0, "iters_per_scale": 100}),
+    # the first trained scale (N-1) trained at 4x more noise: the new `fast`
+    "skip1_amp12_it100": ("fast_skip2", {"skip_coarse_scales": 1, "iters_per_scale": 100, "skip_noise_amp_factor": 12.0}),
+}
+
+
+def diversity_config(name: str) -> SinGANConfig:
+    base, changes = DIVERSITY_CONFIGS[name]
+    return dataclasses.replace(preset(base), **changes)
+
+
+def train_saved_bank(image_uint8: np.ndarray, config: SinGANConfig, seed: int, path: Path) -> dict:
+    """Train a one-member bank on one uint8 RGB image and save it (torch file: tensors + meta); CPU seconds
+    of the training are returned and stored with it. An existing file is kept (resumable sweeps)."""
+    from models.singan import bank_state
+
+    if path.exists():
+        return torch.load(path, weights_only=False)["meta"]
+    image = torch.from_numpy(image_uint8).permute(2, 0, 1).float()[None] / 127.5 - 1
+    cpu0 = time.process_time()
+    bank = train_bank(image, config, [seed])
+    cpu_s = time.process_time() - cpu0
+    tensors, meta = bank_state(bank)
+    meta = {**meta, "cpu_s": cpu_s, "config": dataclasses.asdict(config), "seed": seed}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"tensors": tensors, "meta": meta}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").rename(path)
+    return meta
+
+
+def load_saved_bank(path: Path):
+    from models.singan import bank_from_state
+
+    blob = torch.load(path, weights_only=False)
+    cfg = blob["meta"]["config"]
+    cfg["adam_betas"] = tuple(cfg["adam_betas"])
+    return bank_from_state(SinGANConfig(**cfg), blob["tensors"], blob["meta"]), blob["meta"]
+
+
+def section_diversity_train(div_dir: Path, faces: list[str], configs: list[str]) -> None:
+    for name in configs:
+        cfg = diversity_config(name)
+        for i, face in enumerate(faces):
+            image = np.load(div_dir / "faces" / f"{face}.npy")
+            meta = train_saved_bank(image, cfg, 1000 + i, div_dir / "banks" / name / f"{face}.pt")
+            print(f"  trained {name} on {face}: {meta['cpu_s']:.1f} CPU s", flush=True)
+
+
+RAFDB_TRAIN_FACES = 12271
+
+
+def section_per_source(div_dir: Path, faces: list[str], edits: list[str], config: str, start: str, gain: float,
+                       out_json: Path | None) -> dict:
+    """One SinGAN per source with the edit injected vs one SinGAN trained on the edit itself: the same edit
+    image injected at the same start scale and gain, 8 samples, metrics against the edit (SSIM to the edit,
+    landmarks re-detected vs the edit's, blurred diversity, realism vs the edit)."""
+    from benchmarks.landmarks_bench import landmark_shift_px
+
+    rows = []
+    offset = 0 if start == "N" else int(start[2:])
+    for i, face in enumerate(faces):
+        for edit in edits:
+            edited = np.load(div_dir / "faces" / f"{face}_{edit}.npy")
+            source = np.load(div_dir / "faces" / f"{face}.npy")
+            edit_px = landmark_shift_px([edited], source)[0]  # how far the edit moved the landmarks
+            per_edit_path = div_dir / "banks" / config / f"{face}_{edit}.pt"
+            for mode, path in (("per_source", div_dir / "banks" / config / f"{face}.pt"), ("per_edit", per_edit_path)):
+                if not path.exists():
+                    continue
+                bank, meta = load_saved_bank(path)
+                samples = draw_samples(bank, edited, bank.coarsest_scale - offset, gain, seed=i)
+                rows.append({"face": face, "edit": edit, "mode": mode, "train_cpu_s": meta["cpu_s"],
+                             "edit_landmark_px": edit_px,
+                             "landmark_px_to_source": float(np.mean(landmark_shift_px(list(samples), source))),
+                             **sample_metrics(samples, edited)})
+    print(f"\n== one SinGAN per source (edit injected) vs per edit ({config}, {start}, gain {gain:g}; "
+          "metrics against the edit) ==")
+    print("  face             edit      mode        blur-div   SSIM  realism  lmk px  <=2px  (edit moved / sample to source px)")
+    for r in rows:
+        print(f"  {r['face']:16s} {r['edit']:9s} {r['mode']:10s}  {r['blurred_diversity']:8.4f}  {r['ssim']:.3f}  "
+              f"{r['realism']:7.3f}  {r['landmark_px']:6.2f}  {r['landmark_within_2px']:5.2f}  "
+              f"({r['edit_landmark_px']:.2f} / {r['landmark_px_to_source']:.2f})")
+    pairs = {(r["face"], r["edit"]) for r in rows if r["mode"] == "per_edit"}
+    summary = {}
+    for mode in ("per_source", "per_edit"):
+        chosen = [r for r in rows if r["mode"] == mode and (r["face"], r["edit"]) in pairs]
+        if chosen:
+            summary[mode] = {k: float(np.mean([r[k] for r in chosen])) for k in
+                             ("blurred_diversity", "ssim", "realism", "landmark_px", "landmark_within_2px",
+                              "landmark_px_to_source", "edit_landmark_px")}
+            print(f"  mean {mode:10s} over {len(chosen)} edits: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[mode].items()))
+    result = {"config": config, "start": start, "gain": gain, "rows": rows, "summary": summary}
+    if out_json is not None:
+        out_json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def section_expand_cost(div_dir: Path, sizes: list[int], new_config: SinGANConfig, probe_iters: int,
+                        edits: int = 3, regenerations: int = 2) -> dict:
+    """CPU seconds of SinGAN work per expanded source (N edits, M regenerations each), today's default (one
+    `fast_skip2` SinGAN per edit) vs the new default (one SinGAN per source, edits injected), and the cost
+    table against the official preset: per-iteration CPU time (time.process_time, one thread) of every
+    trained scale probed for `probe_iters` iterations, times the iterations per scale (extrapolated)."""
+    from models.singan import regenerate
+
+    configs = {"official": preset("official"), "today (fast_skip2)": diversity_config("today"), "new": new_config,
+               "new, all scales": dataclasses.replace(new_config, skip_coarse_scales=0)}
+    out: dict = {"probe_iters": probe_iters, "edits": edits, "regenerations": regenerations, "sizes": {}}
+    print(f"\n== CPU seconds per training (one thread, process time, {probe_iters} probe iterations per scale, "
+          "extrapolated) ==")
+    for size in sizes:
+        face = torch.from_numpy(np.load(div_dir / "faces" / f"astronaut_{size}.npy")).permute(2, 0, 1).float()[None] / 127.5 - 1
+        row = {}
+        for name, cfg in configs.items():
+            per_iter = probe_iteration_seconds(face, cfg, torch.device("cpu"), probe_iters, clock=time.process_time)
+            row[name] = {"per_iter_cpu_s": per_iter, "train_cpu_s": training_seconds(per_iter, cfg),
+                         "scales_trained": len(per_iter)}
+        # a regeneration's CPU cost (the same in both plans), from a short trained bank of the new config
+        bank = train_bank(face, dataclasses.replace(new_config, iters_per_scale=1), [0])
+        n = bank.coarsest_scale
+        cpu0 = time.process_time()
+        for i in range(10):
+            regenerate(bank, 0, face[0], n - 1, 1, [i], 1.0)
+        sample_s = (time.process_time() - cpu0) / 10
+        today_s = edits * row["today (fast_skip2)"]["train_cpu_s"] + edits * regenerations * sample_s
+        new_s = row["new"]["train_cpu_s"] + edits * regenerations * sample_s
+        row["per_source"] = {"today_cpu_s": today_s, "new_cpu_s": new_s, "ratio": today_s / new_s,
+                             "sample_cpu_s": sample_s}
+        out["sizes"][str(size)] = row
+        if size == 100:  # RAF-DB's aligned size: its train split, 3 edits and 2 regenerations per face
+            faces = RAFDB_TRAIN_FACES
+            out["rafdb_train"] = {
+                "faces": faces, "today_trainings": faces * edits, "new_trainings": faces,
+                "today_cpu_hours": faces * today_s / 3600, "new_cpu_hours": faces * new_s / 3600}
+            print(f"  RAF-DB train split ({faces} faces, N={edits}, M={regenerations}) on one such thread: today "
+                  f"{faces * today_s / 3600:.0f} CPU hours ({faces * edits} trainings), new {faces * new_s / 3600:.0f} "
+                  f"CPU hours ({faces} trainings)")
+        off = row["official"]["train_cpu_s"]
+        for name in configs:
+            t = row[name]["train_cpu_s"]
+            print(f"  {size:4d} px  {name:20s} {row[name]['scales_trained']} scales  {t:9.1f} CPU s per training  "
+                  f"({off / t:5.1f}x cheaper than official)")
+        print(f"  {size:4d} px  per expanded source (N={edits}, M={regenerations}): today {today_s:.1f} CPU s, new "
+              f"{new_s:.1f} CPU s -> {today_s / new_s:.1f}x less (a regeneration: {sample_s * 1e3:.1f} ms)")
+    return out
+
+
+DIV_GAINS = (1.0, 2.0, 4.0, 6.0, 8.0)
+DIV_SAMPLES = 8
+
+
+def sample_metrics(samples_u8: np.ndarray, reference_u8: np.ndarray) -> dict[str, float]:
+    """Issue 14's numbers for M uint8 samples [M, H, W, 3] of one reference [H, W, 3] (the injected image):
+    blurred pairwise diversity (sigma = size/32), raw pairwise |difference|, SSIM to the reference, patch
+    realism vs the reference, landmark shift (mean over the 68 points, px) per sample: mean, max, share <= 2 px."""
+    from benchmarks.landmarks_bench import landmark_shift_px
+    from models.metrics import blurred_diversity, patch_realism, ssim
+    from tasks.tensors import uint8_to_tensor
+
+    samples, ref = uint8_to_tensor(samples_u8), uint8_to_tensor(reference_u8[None])[0]
+    shift = landmark_shift_px(list(samples_u8), reference_u8)
+    return {
+        "blurred_diversity": float(blurred_diversity(samples)),
+        "raw_diversity": float(blurred_diversity(samples, sigma_px=0)),
+        "ssim": float(ssim(samples, ref[None].expand_as(samples)).mean()),
+        "realism": float(patch_realism(samples, ref).mean()),
+        "landmark_px": float(np.mean(shift)), "landmark_px_max": float(np.max(shift)),
+        "landmark_within_2px": float(np.mean(np.asarray(shift) <= 2.0)),
+    }
+
+
+def draw_samples(bank, image_u8: np.ndarray, start_scale: int, gain: float, seed: int, num: int = DIV_SAMPLES) -> np.ndarray:
+    from models.singan import regenerate
+    from tasks.tensors import tensor_to_uint8, uint8_to_tensor
+
+    image = uint8_to_tensor(image_u8[None])[0]
+    out = regenerate(bank, 0, image, start_scale, num, [seed * 100 + i for i in range(num)], gain)
+    return tensor_to_uint8(out)
+
+
+def section_diversity_measure(div_dir: Path, faces: list[str], configs: list[str], out_json: Path | None) -> dict:
+    """Per config, start scale (N, N-1, N-2 where trained) and start-scale noise gain: the sample metrics,
+    averaged over faces (each face: 8 samples from its own bank, injected with the face itself)."""
+    rows = []
+    for name in configs:
+        for i, face in enumerate(faces):
+            path = div_dir / "banks" / name / f"{face}.pt"
+            if not path.exists():
+                print(f"  {name}/{face}: not trained, skipped")
+                continue
+            bank, meta = load_saved_bank(path)
+            image = np.load(div_dir / "faces" / f"{face}.npy")
+            n = bank.coarsest_scale
+            for offset in (0, 1, 2):
+                if n - offset > bank.max_start_scale:
+                    continue
+                for gain in DIV_GAINS:
+                    m = sample_metrics(draw_samples(bank, image, n - offset, gain, seed=i), image)
+                    rows.append({"config": name, "face": face, "start": "N" if offset == 0 else f"N-{offset}",
+                                 "gain": gain, "train_cpu_s": meta["cpu_s"], **m})
+    table = {}
+    for r in rows:
+        table.setdefault((r["config"], r["start"], r["gain"]), []).append(r)
+    print("\n== diversity per start scale and noise gain (mean over faces; 8 samples each; blurred div = mean "
+          "pairwise |diff| after sigma=size/32 blur, images 0..1) ==")
+    print("  config        start gain  faces  blur-div  raw-div   SSIM  realism  lmk px (max)  <=2px  train CPU s")
+    summary = []
+    for (name, start, gain), rs in table.items():
+        mean = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if isinstance(rs[0][k], float)}
+        mean["landmark_px_max"] = float(np.max([r["landmark_px_max"] for r in rs]))
+        summary.append({"config": name, "start": start, "gain": gain, "faces": len(rs), **mean})
+        print(f"  {name:13s} {start:5s} {gain:4g}  {len(rs):5d}  {mean['blurred_diversity']:8.4f}  {mean['raw_diversity']:7.4f}  "
+              f"{mean['ssim']:.3f}  {mean['realism']:7.3f}  {mean['landmark_px']:5.2f} ({mean['landmark_px_max']:4.2f})  "
+              f"{mean['landmark_within_2px']:5.2f}  {mean['train_cpu_s']:8.1f}")
+    result = {"rows": rows, "summary": summary, "faces": faces}
+    if out_json is not None:
+        out_json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def write_sample_grid(div_dir: Path, faces: list[str], config: str, start: str, gain: float, path: Path,
+                      injected: dict[str, np.ndarray] | None = None, num: int = 6, zoom: int = 1) -> None:
+    """PNG grid: one row per face: the injected image, then `num` samples, enlarged `zoom`x (nearest)."""
+    from manifests.dataset import encode_png_rgb
+
+    rows = []
+    for i, face in enumerate(faces):
+        bank, _ = load_saved_bank(div_dir / "banks" / config / f"{face}.pt")
+        image = injected[face] if injected else np.load(div_dir / "faces" / f"{face}.npy")
+        offset = 0 if start == "N" else int(start[2:])
+        samples = draw_samples(bank, image, bank.coarsest_scale - offset, gain, seed=i, num=num)
+        gap = np.full((image.shape[0], 2, 3), 255, np.uint8)
+        rows.append(np.concatenate([image, gap, gap] + [x for s in samples for x in (s, gap)], axis=1))
+    grid = np.concatenate(rows, axis=0).repeat(zoom, axis=0).repeat(zoom, axis=1)
+    path.write_bytes(encode_png_rgb(np.ascontiguousarray(grid)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -368,12 +614,39 @@ def main() -> None:
     parser.add_argument("--curve-points", default=",".join(CURVE), help="comma list of curve points to run")
     parser.add_argument("--curve-preset", default=DEFAULT_PRESET, help="preset the curve points change")
     parser.add_argument("--curve-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--div-dir", default="runs/singan_diversity", help="faces/ (uint8 .npy) and saved banks")
+    parser.add_argument("--div-faces", default="astronaut_64,grace_hopper_64,ck_happy_64,ck_surprise_64")
+    parser.add_argument("--expand-cost", help="comma list of sizes (px): CPU seconds per expanded source, then exit")
+    parser.add_argument("--expand-cost-config", default="fast", help="the new default (a preset or DIVERSITY_CONFIGS name)")
+    parser.add_argument("--probe-iters", type=int, default=5, help="iterations per scale the cost probes time")
+    parser.add_argument("--per-source", help="CONFIG,START,GAIN: one SinGAN per source vs per edit, then exit")
+    parser.add_argument("--div-measure", help="comma list of trained DIVERSITY_CONFIGS to measure, then exit")
+    parser.add_argument("--div-train", help="comma list of DIVERSITY_CONFIGS to train on --div-faces, then exit")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes per scale: let cuDNN pick its fastest kernels
+    if args.div_train:
+        section_diversity_train(Path(args.div_dir), args.div_faces.split(","), args.div_train.split(","))
+        return
+    if args.expand_cost:
+        new = diversity_config(args.expand_cost_config) if args.expand_cost_config in DIVERSITY_CONFIGS else preset(args.expand_cost_config)
+        result = section_expand_cost(Path(args.div_dir), [int(x) for x in args.expand_cost.split(",")], new,
+                                     args.probe_iters)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return
+    if args.per_source:
+        config, start, gain = args.per_source.split(",")
+        section_per_source(Path(args.div_dir), args.div_faces.split(","), ["smile", "brows_up"], config, start,
+                           float(gain), Path(args.json) if args.json else None)
+        return
+    if args.div_measure:
+        section_diversity_measure(Path(args.div_dir), args.div_faces.split(","), args.div_measure.split(","),
+                                  Path(args.json) if args.json else None)
+        return
     if args.curve_worker:
         curve_worker(args.curve_worker, args.faces, args.seeds_per_face, device, Path(args.curve_dir), args.curve_preset)
         return

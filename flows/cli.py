@@ -99,7 +99,8 @@ def _expand_settings(args: argparse.Namespace):
         prepared=args.prepared, out=args.out, run_name=args.run_name, ganimation=args.ganimation,
         editor=args.editor, au_shape=args.au_shape,
         plan=PlanSettings(**plan), regenerations=args.regenerations, singan_preset=args.singan_preset,
-        singan_start=args.singan_start, bank_size=args.bank_size, unit_size=args.unit_size, seed=args.seed,
+        singan_start=args.singan_start, singan_noise_gain=args.singan_noise_gain,
+        singan_train_on=args.singan_train_on, bank_size=args.bank_size, unit_size=args.unit_size, seed=args.seed,
         limit_sources=args.limit_sources, singan_overrides=dict(_parse_overrides(args.singan_set)),
         test_split=args.test_split, gate=gate, sifid_weights=args.sifid_weights, device=args.device,
         fanout=args.fanout)
@@ -272,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--singan-preset", default="fast", help="SinGAN preset (fast, official, reduced, tiny, ...)")
     p.add_argument("--singan-set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change one SinGANConfig field of the preset, e.g. iters_per_scale=200 (repeatable)")
-    p.add_argument("--singan-start", default="N-2", help="scale the image is injected at: N, N-1 or N-2 (default)")
+    p.add_argument("--singan-start", default="N-1", help="scale the image is injected at: N-1 (default) or N-2; N needs a preset that trains every scale")
+    p.add_argument("--singan-noise-gain", type=float, default=4.0, help="noise multiplier at the start scale")
+    p.add_argument("--singan-train-on", default="source", choices=["source", "edit"],
+                   help="one SinGAN per source face with its edits injected (default), or one per edit")
     p.add_argument("--bank-size", type=int, default=16, help="faces trained together in one SinGAN bank")
     p.add_argument("--unit-size", type=int, default=64, help="source images per work unit / shard")
     p.add_argument("--seed", type=int, default=0)

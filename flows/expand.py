@@ -72,7 +72,10 @@ class ExpandSettings(BaseModel):
     singan_preset: str = Field("fast", description=f"one of {sorted(PRESETS)}")
     singan_overrides: dict[str, float | int | bool] = Field(
         default_factory=dict, description="SinGANConfig fields to change from the preset, e.g. {'iters_per_scale': 200}")
-    singan_start: str = Field("N-2", pattern=r"^N(-[0-9]+)?$", description="scale the image is injected at")
+    singan_start: str = Field("N-1", pattern=r"^N(-[0-9]+)?$", description="scale the image is injected at")
+    singan_noise_gain: float = Field(4.0, ge=0, description="noise multiplier at the start scale (1 = as trained)")
+    singan_train_on: Literal["source", "edit"] = Field(
+        "source", description="one SinGAN per source face with its edits injected at the start scale, or one per edit")
     bank_size: int = Field(16, ge=1, description="faces trained together in one SinGAN bank")
     unit_size: int = Field(64, ge=1, description="source images per work unit (one shard each)")
     seed: int = Field(0, description="run seed: every edit and sample seed derives from it")
@@ -117,6 +120,7 @@ class ExpandSettings(BaseModel):
             editor=self.resolved_editor(), au_shape=self.au_shape, ganimation_batch=self.ganimation_batch,
             regenerations=self.regenerations, singan_preset=self.singan_preset,
             singan_overrides=tuple(sorted(self.singan_overrides.items())), singan_start=self.singan_start,
+            singan_noise_gain=self.singan_noise_gain, singan_train_on=self.singan_train_on,
             bank_size=self.bank_size, seed=self.seed, gate=self.gate, sifid_weights=self.sifid_weights,
             device=self.device)
 
@@ -167,6 +171,30 @@ def singan_cost_per_face(config, image_px: int) -> float:
                      for i, (h, w) in enumerate(sizes) if i >= config.skip_coarse_scales))
 
 
+# CPU seconds per unit of singan_cost_per_face on one thread of the development machine (2-core x86, torch
+# 2.x), fitted to CPU times measured for the `fast` and `fast_skip2` presets at 64, 100 and 128 px (14-16e-9;
+# benchmarks/bench_singan.py --expand-cost, docs/singan-diversity.md). It overestimates `official` (wider
+# channels run more efficiently) by up to 40 %. An estimate for planning, not a promise.
+CPU_S_PER_COST_UNIT = 15.0e-9
+
+
+def singan_trainings(train_on: str, regenerations: int, parents: int, sources_with_parents: int) -> int:
+    """SinGANs a plan trains: one per parent (edit, or original when there are no edits) or one per source."""
+    if regenerations <= 0:
+        return 0
+    return sources_with_parents if train_on == "source" else parents
+
+
+def singan_compute(config, image_px: int, trainings: int) -> dict:
+    """The SinGAN part of a plan's compute: cost in official-preset faces and estimated CPU seconds."""
+    cost = singan_cost_per_face(config, image_px)
+    official = singan_cost_per_face(PRESETS["official"], image_px)
+    return {"singan_trainings": trainings, "singan_cost_per_training_vs_official": round(cost / official, 4),
+            "singan_cost_in_official_faces": round(trainings * cost / official, 2),
+            "singan_cpu_s_per_training_estimate": round(cost * CPU_S_PER_COST_UNIT, 3),
+            "singan_cpu_s_estimate": round(trainings * cost * CPU_S_PER_COST_UNIT, 2)}
+
+
 def describe_plan(settings: ExpandSettings) -> dict:
     """What a run would do (the --dry-run print): counts per stage, edit kind and label, units, compute."""
     rows = select_rows(settings, load_original_rows(settings.prepared))
@@ -177,8 +205,8 @@ def describe_plan(settings: ExpandSettings) -> dict:
     regenerations = parents * settings.regenerations
     summary = plan_summary(plan, [{k: r[k] for k in ("source_id", "split", "label", "au_source")} for r in rows])
     image_px = int(rows[0]["width"])
-    cost = singan_cost_per_face(_singan(settings), image_px) if settings.regenerations else 0.0
-    official = singan_cost_per_face(PRESETS["official"], image_px)
+    sources_with_parents = len({e.source_id for e in plan.edits}) if settings.plan.kind != "none" else len(train)
+    trainings = singan_trainings(settings.singan_train_on, settings.regenerations, parents, sources_with_parents)
     return {
         "config_hash": settings.config_hash(),
         "samples_per_stage": {"original": len(train) + (len(rows) - len(train) if settings.test_split == "copy" else 0),
@@ -194,10 +222,9 @@ def describe_plan(settings: ExpandSettings) -> dict:
             "editor": settings.resolved_editor() or "none",
             "ganimation_forwards": len(plan.edits) if settings.resolved_editor() == "ganimation" else 0,
             "warp_edits": len(plan.edits) if settings.resolved_editor() == "warp" else 0,
-            "singan_faces_trained": parents if settings.regenerations else 0,
-            "singan_banks": -(-parents // settings.bank_size) if settings.regenerations else 0,
-            "singan_cost_per_face_vs_official": round(cost / official, 4),
-            "singan_cost_in_official_faces": round(parents * cost / official, 2) if settings.regenerations else 0.0,
+            "singan_train_on": settings.singan_train_on,
+            "singan_banks": -(-trainings // settings.bank_size),
+            **singan_compute(_singan(settings), image_px, trainings),
         },
         "notes": summary["notes"],
     }

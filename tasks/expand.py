@@ -23,7 +23,7 @@ from models.checkpoints import config_hash as dataclass_hash
 from models.metrics import ssim
 from models.singan import SinGANConfig, preset
 from tasks.errors import RejectError
-from tasks.singan import SinGANSampleConfig, derive_seed, regenerate_faces, ssim_to_source
+from tasks.singan import SinGANSampleConfig, derive_seed, regenerate_injected, ssim_to_source
 from tasks.targets import Edit
 from tasks.units import plan_split_units
 
@@ -70,7 +70,9 @@ class ExpandJob:
     regenerations: int = 2                 # M per edit (or per original when there are no edits)
     singan_preset: str = "fast"
     singan_overrides: tuple[tuple[str, float | int | bool], ...] = ()  # SinGANConfig fields changed from the preset
-    singan_start: str = "N-2"              # "N", "N-1", "N-2", ... counted from the coarsest scale N
+    singan_start: str = "N-1"              # "N", "N-1", "N-2", ... counted from the coarsest scale N
+    singan_noise_gain: float = 4.0         # noise multiplier at the start scale (1 = as trained)
+    singan_train_on: Literal["source", "edit"] = "source"  # one SinGAN per source (edits injected) or per edit
     bank_size: int = 16                    # faces trained together in one SinGAN bank
     seed: int = 0
     gate: QualityGate = field(default_factory=QualityGate)
@@ -270,38 +272,75 @@ def _edit_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: l
     return items
 
 
-def _singan_rows(parents: list[_Item], job: ExpandJob, device: str, versions: str, rejects: list[dict]) -> list[_Item]:
-    """Train SinGAN banks on the parents (bank_size at a time) and draw M regenerations of each."""
+def singan_versions(job: ExpandJob) -> str:
+    """The SinGAN part of model_versions: preset, config hash, and what each SinGAN is trained on."""
+    return f"singan:{job.singan_preset}-{dataclass_hash(singan_config(job))};singan_train_on:{job.singan_train_on}"
+
+
+def _singan_rows(parents: list[_Item], job: ExpandJob, device: str, versions: str, rejects: list[dict],
+                 sources: dict[str, _Item] | None = None) -> list[_Item]:
+    """M regenerations of each parent (an edit, or an original when there are no edits).
+
+    singan_train_on="source" (default): one SinGAN per source face, trained on the original, and every edit
+    of that source injected into it at the start scale (N edits, one training). "edit": one SinGAN per
+    parent, trained on the parent itself. Banks hold bank_size trainees either way. Seeds hang on sample ids
+    (the trainee's for training, the parent's for sampling), never on how trainees were grouped."""
     if job.regenerations <= 0 or not parents:
         return []
     config = singan_config(job)
-    sample = SinGANSampleConfig(start_offset=parse_start_offset(job.singan_start), num_samples=job.regenerations)
+    sample = SinGANSampleConfig(start_offset=parse_start_offset(job.singan_start), num_samples=job.regenerations,
+                                noise_gain=job.singan_noise_gain)
     chash = dataclass_hash(config)
     sifid = _sifid_scorer(job.sifid_weights, device)
+    # 1. trainees: (image, sample id it is seeded by, the parents regenerated through it)
+    if job.singan_train_on == "source":
+        if sources is None:
+            raise ValueError("singan_train_on='source' needs the source images")
+        by_source: dict[str, list[_Item]] = {}
+        for p in parents:
+            by_source.setdefault(p.row["source_id"], []).append(p)
+        trainees = [(sources[sid].image, sources[sid].row["sample_id"], by_source[sid]) for sid in sorted(by_source)]
+    elif job.singan_train_on == "edit":
+        trainees = [(p.image, p.row["sample_id"], [p]) for p in parents]
+    else:
+        raise ValueError(f"singan_train_on must be 'source' or 'edit', got {job.singan_train_on!r}")
     items = []
-    for start in range(0, len(parents), job.bank_size):
-        group = parents[start:start + job.bank_size]
-        # Seeds hang on the parent's sample id, so a sample never depends on how parents were grouped.
-        train_seeds = [derive_seed(job.seed, "singan", p.row["sample_id"]) for p in group]
-        sample_seeds = [[derive_seed(seed, j) for j in range(job.regenerations)] for seed in train_seeds]
-        start_scale, outputs = regenerate_faces([p.image for p in group], config, train_seeds, sample, sample_seeds, device)
-        for parent, seed, outs in zip(group, train_seeds, outputs):
-            p = parent.row
-            for j, (out, sim) in enumerate(zip(outs, ssim_to_source(outs, parent.image))):
-                quality = {"ssim_to_source": sim}
-                if sifid is not None:
-                    quality["sifid"] = sifid(parent.image, out)
-                singan_params = {"config": chash, "start_scale": start_scale, "sample": j, "noise_gain": sample.noise_gain}
-                row = {**p, "stage": "singan", "singan_start_scale": start_scale, "singan_sample": j, "seed": seed,
-                       "quality": quality, "label_kind": "inherited" if p["stage"] == "original" else p["label_kind"],
-                       "sample_id": make_sample_id(p["source_sha256"], "singan", edit=p["sample_id"],
-                                                   singan=singan_params, seed=seed)}
-                failed = job.gate.check(quality)
-                if failed:
-                    rejects.append(RejectError("quality", "below_quality_gate",
-                                               f"SinGAN sample {j} of {p['sample_id']}: {failed}").as_row(p["source_id"]))
-                    continue
-                items.append(_Item(out, row))
+    for start in range(0, len(trainees), job.bank_size):
+        group = trainees[start:start + job.bank_size]
+        train_seeds = [derive_seed(job.seed, "singan", sample_id) for _, sample_id, _ in group]
+        injections = [[(p.image, [derive_seed(derive_seed(job.seed, "singan", p.row["sample_id"]), j)
+                                  for j in range(job.regenerations)]) for p in members] for _, _, members in group]
+        start_scale, outputs = regenerate_injected([image for image, _, _ in group], config, train_seeds, sample,
+                                                   injections, device)
+        for (_, _, members), seed, per_member in zip(group, train_seeds, outputs):
+            for parent, outs in zip(members, per_member):
+                items += _regeneration_items(parent, outs, seed, start_scale, chash, sample, job, versions, sifid, rejects)
+    return items
+
+
+def _regeneration_items(parent: _Item, outs: list[np.ndarray], seed: int, start_scale: int, chash: str,
+                        sample: SinGANSampleConfig, job: ExpandJob, versions: str, sifid,
+                        rejects: list[dict]) -> list[_Item]:
+    """Rows of one parent's regenerations, scored against the parent (the image that was injected) and gated."""
+    p = parent.row
+    items = []
+    for j, (out, sim) in enumerate(zip(outs, ssim_to_source(outs, parent.image))):
+        quality = {"ssim_to_source": sim}
+        if sifid is not None:
+            quality["sifid"] = sifid(parent.image, out)
+        singan_params = {"config": chash, "start_scale": start_scale, "sample": j, "noise_gain": sample.noise_gain,
+                         "train_on": job.singan_train_on}
+        # model_versions: this run's (a parent that is an original carries its prepare run's)
+        row = {**p, "stage": "singan", "singan_start_scale": start_scale, "singan_sample": j, "seed": seed,
+               "model_versions": versions, "quality": quality, "label_kind": "inherited" if p["stage"] == "original" else p["label_kind"],
+               "sample_id": make_sample_id(p["source_sha256"], "singan", edit=p["sample_id"],
+                                           singan=singan_params, seed=seed)}
+        failed = job.gate.check(quality)
+        if failed:
+            rejects.append(RejectError("quality", "below_quality_gate",
+                                       f"SinGAN sample {j} of {p['sample_id']}: {failed}").as_row(p["source_id"]))
+            continue
+        items.append(_Item(out, row))
     return items
 
 
@@ -328,7 +367,7 @@ def expand_unit(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
         raise FileNotFoundError(f"unit {unit.unit_id}: {len(missing)} sources are not in {job.prepared}, e.g. {sorted(missing)[:3]}")
     root = Path(job.prepared)
     images = {sid: decode_png_rgb(read_member(root / r["shard"], r["offset"], r["size"])) for sid, r in sources.items()}
-    versions = f"{editor_version(job, device)};singan:{job.singan_preset}-{dataclass_hash(singan_config(job))};singanimation:{PACKAGE_VERSION}"
+    versions = f"{editor_version(job, device)};{singan_versions(job)};singanimation:{PACKAGE_VERSION}"
     rejects: list[dict] = []
 
     # 1. originals pass through with their prepared rows (same sample ids), re-written into this unit's shard
@@ -350,7 +389,7 @@ def expand_unit(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
         # 3. SinGAN: banks on the edits (or on the originals when there are no edits), M regenerations each
         parents = edited if job.editor else [
             _Item(o.image, {**o.row, "label_kind": "inherited"}) for o in originals]
-        regenerated = _singan_rows(parents, job, device, versions, rejects)
+        regenerated = _singan_rows(parents, job, device, versions, rejects, {o.row["source_id"]: o for o in originals})
 
     # 4. one shard + one manifest part (the commit point)
     items = originals + edited + regenerated

@@ -6,7 +6,16 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from models.metrics import diversity, mean_pairwise_rmse, patch_realism, psnr, rmse, ssim
+from models.metrics import (
+    blurred_diversity,
+    diversity,
+    gaussian_blur,
+    mean_pairwise_rmse,
+    patch_realism,
+    psnr,
+    rmse,
+    ssim,
+)
 
 
 def _images(seed: int, shape=(2, 3, 32, 40)) -> torch.Tensor:
@@ -75,3 +84,38 @@ def test_patch_realism_zero_for_the_image_and_large_for_noise():
     scores = patch_realism(torch.cat([ref[None], shifted, noise]), ref)
     assert float(scores[0]) == pytest.approx(0.0, abs=1e-3)
     assert float(scores[1]) < 0.5 * float(scores[2:].min())
+
+
+def test_gaussian_blur_keeps_constants_and_mass_and_smooths_noise():
+    flat = torch.full((1, 3, 20, 24), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 2.0), flat)
+    noise = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    blurred = gaussian_blur(noise, 2.0)
+    assert blurred.std() < 0.2 * noise.std()  # per-pixel noise averages out (~1 / (2 sqrt(pi) sigma))
+    assert float(blurred.mean()) == pytest.approx(float(noise.mean()), abs=0.02)
+    torch.testing.assert_close(gaussian_blur(noise, 0), noise)
+    with pytest.raises(ValueError):
+        gaussian_blur(noise[..., :5, :5], 2.0)
+
+
+def test_blurred_diversity_known_values_grain_vs_shapes():
+    base = torch.zeros(1, 3, 64, 64)
+    # Two samples differing by a constant 0.1 (in [0, 1] units) everywhere: blur changes nothing.
+    pair = torch.cat([base, base + 0.1]) * 2 - 1  # [-1, 1] convention
+    assert float(blurred_diversity(pair)) == pytest.approx(0.1, abs=1e-5)
+    assert float(blurred_diversity((pair + 1) / 2, value_range=(0.0, 1.0))) == pytest.approx(0.1, abs=1e-5)
+    # Three samples: mean over the three pairs of |a - b|.
+    three = torch.cat([base, base + 0.1, base + 0.4])
+    assert float(blurred_diversity(three, value_range=(0.0, 1.0))) == pytest.approx((0.1 + 0.4 + 0.3) / 3, abs=1e-5)
+    # Pixel grain of the same raw size as a blob: the blur removes most of the grain, little of the blob.
+    g = torch.Generator().manual_seed(1)
+    grain = torch.stack([torch.rand(3, 64, 64, generator=g) * 0.2 for _ in range(4)])
+    blob = torch.zeros(4, 3, 64, 64)
+    for i in range(4):
+        blob[i, :, 8 + 8 * i:24 + 8 * i, 20:40] = 0.5
+    raw_grain, raw_blob = (blurred_diversity(x, value_range=(0.0, 1.0), sigma_px=0) for x in (grain, blob))
+    assert float(blurred_diversity(grain, value_range=(0.0, 1.0))) < 0.25 * float(raw_grain)
+    assert float(blurred_diversity(blob, value_range=(0.0, 1.0))) > 0.6 * float(raw_blob)
+    assert float(blurred_diversity(torch.cat([base, base]))) == 0.0
+    with pytest.raises(ValueError):
+        blurred_diversity(base)

@@ -22,6 +22,7 @@ from tasks.singan import (
     regenerate_faces,
     regenerate_faces_task,
     regenerate_images,
+    regenerate_injected,
     sample_seeds,
     save_bank,
     ssim_to_source,
@@ -92,7 +93,7 @@ def test_seeds_are_stable_and_independent_of_how_many_are_drawn():
 
 def test_sample_config_resolves_the_start_scale(tiny_bank):
     bank, _ = tiny_bank
-    assert SinGANSampleConfig().start_scale(bank) == bank.coarsest_scale - 2
+    assert SinGANSampleConfig().start_scale(bank) == bank.coarsest_scale - 1
     assert SinGANSampleConfig(start_offset=0).start_scale(bank) == bank.coarsest_scale
     assert SinGANSampleConfig(start_offset=99).start_scale(bank) == 0
     with pytest.raises(ValueError):
@@ -137,11 +138,29 @@ def test_regenerate_faces_end_to_end():
     faces = _faces(2)
     start, samples = regenerate_faces(
         faces, TEST_CONFIG, [1, 2], SinGANSampleConfig(num_samples=2), [[10, 11], [12, 13]], device="cpu")
-    assert start == 0  # 3 scales (16, 18, 20 px): N = 2, so N - 2 is the finest
+    assert start == 1  # 3 scales (16, 18, 20 px): N = 2, so the default N - 1 is scale 1
     assert len(samples) == 2 and all(len(s) == 2 and s[0].shape == (20, 20, 3) for s in samples)
     skipping = dataclasses.replace(TEST_CONFIG, skip_coarse_scales=1)
     with pytest.raises(ValueError, match="skip"):
         regenerate_faces(faces, skipping, [1, 2], SinGANSampleConfig(start_offset=0, num_samples=1), [[1], [2]], device="cpu")
+
+
+def test_regenerate_injected_draws_other_images_through_each_member():
+    faces = _faces(3)
+    sample = SinGANSampleConfig(num_samples=2, start_offset=1)
+    injections = [[(faces[0], [10, 11]), (faces[2], [12, 13])], []]
+    start, out = regenerate_injected(faces[:2], TEST_CONFIG, [1, 2], sample, injections, device="cpu")
+    assert len(out) == 2 and len(out[0]) == 2 and out[1] == [] and len(out[0][1]) == 2
+    bank = train_singan_bank(faces[:2], TEST_CONFIG, [1, 2], device="cpu")  # the same bank, trained again
+    expect = regenerate_images(bank, 0, faces[2], start, 2, [12, 13], sample.noise_gain)
+    assert all(np.array_equal(a, b) for a, b in zip(out[0][1], expect))
+    own = regenerate_images(bank, 0, faces[0], start, 2, [12, 13], sample.noise_gain)
+    assert not np.array_equal(own[0], out[0][1][0])  # the injected image, not the training image, is drawn
+    # regenerate_faces is the special case "each member regenerates its own training image"
+    _, same = regenerate_faces(faces[:2], TEST_CONFIG, [1, 2], sample, [[10, 11], [20, 21]], device="cpu")
+    assert all(np.array_equal(a, b) for a, b in zip(same[0], out[0][0]))
+    with pytest.raises(ValueError, match="injection lists"):
+        regenerate_injected(faces[:2], TEST_CONFIG, [1, 2], sample, injections[:1], device="cpu")
 
 
 def test_ssim_to_source_is_one_for_the_source_itself():
@@ -179,7 +198,7 @@ def astronaut_bank(astronaut_face):
 
 @pytest.fixture(scope="module")
 def astronaut_skip_bank(astronaut_face):
-    """The same budget with the default preset's design: the two coarsest scales untrained, the first trained
+    """The same budget with the default preset's design: its coarsest scales untrained, the first trained
     scale at the default preset's raised noise amplitude."""
     fast = preset("fast")
     cfg = dataclasses.replace(preset("reduced"), skip_coarse_scales=fast.skip_coarse_scales,
@@ -204,7 +223,7 @@ def test_reconstruction_reproduces_the_face(astronaut_bank, astronaut_skip_bank)
     full, _ = astronaut_bank
     full_rmse = float(rmse(full.reconstruct(), image[None])[0])
     flat_rmse = float(rmse(image.mean(dim=(1, 2), keepdim=True).expand_as(image)[None], image[None])[0])
-    print(f"\nreconstruction RMSE: skip-2 bank {rec_rmse:.4f} (its input, the image via scale N-1: {start_rmse:.4f}); "
+    print(f"\nreconstruction RMSE: coarse-skipping bank {rec_rmse:.4f} (its input, the image via the finest skipped scale: {start_rmse:.4f}); "
           f"all-scales bank from z* {full_rmse:.4f} (flat mean colour: {flat_rmse:.4f})")
     assert rec_rmse < 0.6 * start_rmse
     assert full_rmse < 0.5 * flat_rmse
