@@ -238,6 +238,11 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from models.legacy import LegacyCheckpointError
     from tasks.ganimation import import_checkpoint
 
+    if os.path.exists(args.out):
+        raise UsageError(f"--out {args.out} exists; checkpoints are never overwritten: choose a new folder")
+    for option, path in (("--generator", args.generator), ("--critic", args.critic)):
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"{option} {path} is not a file: check the path")
     try:
         out = import_checkpoint(args.format, args.generator, args.critic, args.out)
     except LegacyCheckpointError as exc:
