@@ -438,6 +438,56 @@ def case_expand_from_a_prepared_dataset_with_a_damaged_part(c: Corpus, capsys):
     assert not out.exists()
 
 
+PREPARE_TINY = ["--align", "none", "--image-size", "32", "--unit-size", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def prepared_good(corpus, tiny_folders_dataset):
+    out = corpus.fresh("prepared-good")
+    assert main(["prepare", str(tiny_folders_dataset), "--out", str(out), *PREPARE_TINY]) == 0
+    return out
+
+
+def _prepare_again_equals(c: Corpus, capsys, dataset: Path, out: Path, good: Path) -> None:
+    code, _, err = _run(capsys, ["prepare", str(dataset), "--out", str(out), *PREPARE_TINY])
+    assert code == 0, err
+    assert verify(out).ok, verify(out).summary()
+    assert _comparable(out) == _comparable(good)
+
+
+def case_prepare_resume_redoes_a_truncated_part(c: Corpus, capsys, prepared_good, tiny_folders_dataset):
+    out = c.fresh("prepared")
+    shutil.copytree(prepared_good, out)
+    part = _unit_parts(out)[0]
+    part.write_bytes(part.read_bytes()[:64])
+    _prepare_again_equals(c, capsys, tiny_folders_dataset, out, prepared_good)
+
+
+def case_prepare_resume_redoes_a_unit_whose_shard_is_missing(c: Corpus, capsys, prepared_good, tiny_folders_dataset):
+    out = c.fresh("prepared")
+    shutil.copytree(prepared_good, out)
+    next((out / "shards" / "train").glob("*.tar")).unlink()
+    _prepare_again_equals(c, capsys, tiny_folders_dataset, out, prepared_good)
+
+
+def case_prepare_after_a_refused_start_on_the_same_out(c: Corpus, capsys, prepared_good, tiny_folders_dataset):
+    """Bug 4: a typo in the dataset path used to leave run_config.json behind and lock --out to the typo."""
+    out = c.fresh("prepared")
+    _refused(capsys, ["prepare", str(tiny_folders_dataset) + "-typo", "--out", str(out), *PREPARE_TINY], "does not exist")
+    assert not out.exists()
+    _prepare_again_equals(c, capsys, tiny_folders_dataset, out, prepared_good)
+
+
+def case_prepare_locked_output(c: Corpus, capsys, prepared_good, tiny_folders_dataset):
+    out = c.fresh("prepared")
+    shutil.copytree(prepared_good, out)
+    (out / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "flow": "prepare",
+                                             "started": "now"}))
+    _refused(capsys, ["prepare", str(tiny_folders_dataset), "--out", str(out), *PREPARE_TINY],
+             f"singanimation prepare: error: {out} is in use by another run (prepare pid {os.getpid()} on host "
+             f"{socket.gethostname()}, started now)")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Bad expand inputs: a damaged prepared member is a reject naming its source; the run goes on.
 

@@ -16,8 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
 
 from manifests.atomic import FAULT_ENV
 from manifests.reader import read_manifest, read_rejects, verify
@@ -97,21 +95,8 @@ def _between_shard_and_part(name: str) -> bool:
     return name.startswith(("renamed train/", "renamed test/", "written rejects/", "renamed rejects/", "written manifest/"))
 
 
-def _tiny_dataset(root: Path) -> Path:
-    """Class folders of small PNG images (pre-aligned, so --align none), one truncated file among them."""
-    from manifests.dataset import encode_png_rgb
-
-    rng = np.random.default_rng(0)
-    for i, name in enumerate(["Happiness", "Sadness", "Neutral", "Anger"] * 3):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"face{i:02d}.png").write_bytes(encode_png_rgb(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)))
-    (root / "Happiness" / "broken.png").write_bytes(encode_png_rgb(np.zeros((40, 40, 3), np.uint8))[:60])
-    return root
-
-
-def test_prepare_killed_at_random_write_steps_resumes_to_the_uninterrupted_output(tmp_path, monkeypatch):
-    dataset = _tiny_dataset(tmp_path / "dataset")
+def test_prepare_killed_at_random_write_steps_resumes_to_the_uninterrupted_output(tiny_folders_dataset, tmp_path, monkeypatch):
+    dataset = tiny_folders_dataset
     args_for = lambda out: ["prepare", str(dataset), "--out", str(out), "--align", "none", "--image-size", "32",  # noqa: E731
                             "--unit-size", "2", "--device", "cpu"]
     names, clean, killed = _kill_and_resume(args_for, tmp_path, seed=20261203, monkeypatch=monkeypatch)
