@@ -1,9 +1,14 @@
-"""What every flow run does first: record its settings (refusing to mix runs), and name itself."""
+"""What every flow run does first: check its inputs, lock its output, record its settings (refusing to mix runs)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 from pydantic import BaseModel
 
@@ -11,10 +16,106 @@ from manifests.schema import stable_hash
 from manifests.atomic import atomic_write_text
 
 RUN_CONFIG = "run_config.json"
+LOCK_FILE = ".singanimation.lock"
 
 
 class ConfigMismatch(RuntimeError):
     """The output root holds a run made with different settings."""
+
+
+class StartError(ValueError):
+    """The run cannot start: an input is missing or of the wrong kind. Raised before anything is written."""
+
+
+class OutputLocked(RuntimeError):
+    """Another live run holds the output root's lock."""
+
+
+def require_dir(path: str | None, what: str, hint: str) -> Path:
+    """`path` as an existing folder, or StartError saying which option is wrong and what to give."""
+    if path is None:
+        raise StartError(f"{what} is missing: {hint}")
+    p = Path(path)
+    if not p.exists():
+        raise StartError(f"{what} {path} does not exist: {hint}")
+    if not p.is_dir():
+        raise StartError(f"{what} {path} is not a folder: {hint}")
+    return p
+
+
+def require_file_or_dir(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise StartError(f"{what} {path} does not exist: check the path")
+    return p
+
+
+def refuse_out_inside(out: str, root: str, what: str) -> None:
+    """An output root inside an input tree would make its files part of that input."""
+    out_r, root_r = Path(out).resolve(), Path(root).resolve()
+    if out_r == root_r or root_r in out_r.parents:
+        raise StartError(f"--out {out} is inside the {what} {root}: its shards and manifest would become part of "
+                         f"the {what}; choose an --out outside it")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(out: str, flow_name: str) -> Iterator[Path]:
+    """Hold OUT/.singanimation.lock for the run: a second run on the same output is refused, naming the holder.
+
+    The lock file is created whole (written to a temp name, then hard-linked into place, which fails when
+    it exists). A lock whose pid is dead on this host (a run killed with SIGKILL, a crashed machine) is stale:
+    it is replaced. A lock from another host cannot be checked from here and is refused with its details.
+    """
+    out_path = Path(out)
+    out_path.mkdir(parents=True, exist_ok=True)
+    lock = out_path / LOCK_FILE
+    host = socket.gethostname()
+    holder = {"pid": os.getpid(), "host": host, "flow": flow_name,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = out_path / f".tmp-lock.{os.getpid()}"
+    tmp.write_text(json.dumps(holder))
+    try:
+        for _ in range(3):
+            try:
+                os.link(tmp, lock)
+                break
+            except FileExistsError:
+                try:
+                    other = json.loads(lock.read_text())
+                except FileNotFoundError:
+                    continue  # released between our link and our read: try again
+                except (OSError, ValueError):
+                    other = {}
+                pid, other_host = other.get("pid"), other.get("host")
+                if isinstance(pid, int) and other_host == host and not _pid_alive(pid):
+                    lock.unlink(missing_ok=True)  # stale: its run is gone
+                    continue
+                raise OutputLocked(
+                    f"{out} is in use by another run ({other.get('flow', '?')} pid {pid} on host {other_host}, "
+                    f"started {other.get('started', '?')}); wait for it to finish, or, if that run is gone, "
+                    f"delete {lock} and re-run") from None
+        else:
+            raise OutputLocked(f"could not take the lock {lock} (it keeps changing); re-run")
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        yield lock
+    finally:
+        try:
+            if json.loads(lock.read_text()).get("pid") == os.getpid():
+                lock.unlink()
+        except (OSError, ValueError):
+            pass
 
 
 def settings_hash(settings: BaseModel, exclude: set[str]) -> str:

@@ -3,9 +3,82 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 import flows  # noqa: F401  (sets safe Prefect defaults before Prefect is imported)
+
+# Exit codes: 0 done; 1 the run failed (damaged data, a write error, a failed verify, a bug); 2 the command
+# line or its inputs are wrong (nothing was written: fix the option and re-run).
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class UsageError(ValueError):
+    """A bad option value or input path found before any work; the CLI prints it on one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what is wrong and where to look, no usage dump."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _float_in(lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in [{lo:g}, {hi:g}], got {text!r}") from None
+        if not lo <= value <= hi:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be in [{lo:g}, {hi:g}], got {text}")
+        return value
+    parse.__name__ = f"number in [{lo:g}, {hi:g}]"
+    return parse
+
+
+def _singan_start(text: str) -> str:
+    from tasks.expand import parse_start_offset
+
+    try:
+        parse_start_offset(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.replace(" ", "")
+
+
+def _class_map_item(text: str) -> str:
+    from manifests.schema import EMOTIONS
+
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expects NAME=ID (e.g. contempt=3), got {text!r}")
+    if int(value) not in EMOTIONS:
+        ids = ", ".join(f"{i} {n}" for i, n in EMOTIONS.items())
+        raise argparse.ArgumentTypeError(f"{text!r}: {value} is not an emotion id ({ids})")
+    return text
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks that need two options at once."""
+    attention = getattr(args, "attention_range", None)
+    if attention and attention[0] > attention[1]:
+        parser.exit(EXIT_USAGE, f"{parser.prog} {args.command}: error: --attention-range LO HI needs LO <= HI, got "
+                                f"{attention[0]:g} {attention[1]:g}\n")
 
 
 def _prepare_settings(args: argparse.Namespace):
@@ -35,15 +108,29 @@ def _prepare_settings(args: argparse.Namespace):
 def _parse_class_map(items: list[str]) -> list[tuple[str, int]]:
     pairs = []
     for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not value.isdigit():
-            raise SystemExit(f"--class-map expects NAME=ID (e.g. contempt=3), got {item!r}")
+        name, _, value = _class_map_item(item).partition("=")
         pairs.append((name, int(value)))
     return pairs
 
 
+def _settings(build, args: argparse.Namespace):
+    """Build a flow's settings from the flags; a value the settings refuse is a UsageError (one line, exit 2)."""
+    from pydantic import ValidationError
+
+    try:
+        return build(args)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise UsageError(f"invalid option value: {problems}") from exc
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"invalid option value: {exc}") from exc
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
-    settings = _prepare_settings(args)
+    from flows.prepare import check_prepare_inputs
+
+    settings = _settings(_prepare_settings, args)
+    check_prepare_inputs(settings)
     if args.dry_run:
         return _prepare_dry_run(settings)
     from flows.prepare import prepare
@@ -111,14 +198,20 @@ def _parse_overrides(items: list[str]) -> list[tuple[str, float | int | bool]]:
     for item in items:
         name, sep, text = item.partition("=")
         if not sep:
-            raise SystemExit(f"--singan-set expects FIELD=VALUE (e.g. iters_per_scale=200), got {item!r}")
-        value = json.loads(text.lower()) if text.lower() in ("true", "false") else (float(text) if "." in text else int(text))
+            raise UsageError(f"--singan-set expects FIELD=VALUE (e.g. iters_per_scale=200), got {item!r}")
+        try:
+            value = json.loads(text.lower()) if text.lower() in ("true", "false") else (float(text) if "." in text else int(text))
+        except ValueError:
+            raise UsageError(f"--singan-set {item}: {text!r} is not a number, true or false") from None
         pairs.append((name, value))
     return pairs
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
-    settings = _expand_settings(args)
+    from flows.expand import check_expand_inputs
+
+    settings = _settings(_expand_settings, args)
+    check_expand_inputs(settings)
     if args.dry_run:
         from flows.expand import describe_plan
 
@@ -145,14 +238,14 @@ def cmd_train_ganimation(args: argparse.Namespace) -> int:
 
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
-    from models.legacy import LegacyCheckpointError
     from tasks.ganimation import import_checkpoint
 
-    try:
-        out = import_checkpoint(args.format, args.generator, args.critic, args.out)
-    except LegacyCheckpointError as exc:
-        print(f"singanimation import-checkpoint: {exc}", file=sys.stderr)
-        return 1
+    if os.path.exists(args.out):
+        raise UsageError(f"--out {args.out} exists; checkpoints are never overwritten: choose a new folder")
+    for option, path in (("--generator", args.generator), ("--critic", args.critic)):
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"{option} {path} is not a file: check the path")
+    out = import_checkpoint(args.format, args.generator, args.critic, args.out)  # errors: one line, see explain()
     print(json.dumps({"checkpoint": str(out)}, indent=2))
     return 0
 
@@ -207,7 +300,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="singanimation",
         description="Expand facial-expression datasets: align faces, read OpenFace AUs, write a Parquet manifest + tar shards.",
     )
@@ -223,20 +316,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rafdb-images", default="aligned", choices=["original", "aligned"], help="RAF-DB image folder to read")
     p.add_argument("--csv", help="CSV list (path,label[,split]) for --layout csv")
     p.add_argument("--default-split", default="train", choices=["train", "test"], help="split of images without one")
-    p.add_argument("--class-map", action="append", default=[], metavar="NAME=ID", help="map an extra class name onto an emotion id")
+    p.add_argument("--class-map", action="append", default=[], metavar="NAME=ID", type=_class_map_item,
+                   help="map an extra class name onto an emotion id (1..7)")
     p.add_argument("--unknown-class", default="reject", choices=["reject", "drop"])
     p.add_argument("--align", default="mtcnn", choices=["mtcnn", "none"], help="'none' for pre-aligned images (resize + validate)")
-    p.add_argument("--image-size", type=int, default=128, help="side of the square crops, px")
+    p.add_argument("--image-size", type=_positive_int, default=128, help="side of the square crops, px")
     p.add_argument("--face-policy", default="largest", choices=["largest", "most_confident"])
-    p.add_argument("--min-face-prob", type=float, default=0.90)
-    p.add_argument("--batch-size", type=int, default=16, help="images per MTCNN batch")
+    p.add_argument("--min-face-prob", type=_float_in(0.0, 1.0), default=0.90)
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per MTCNN batch")
     p.add_argument("--aus", help="folder of OpenFace CSVs, or GANimation's aus_openface.pkl")
     p.add_argument("--missing-aus", default="reject", choices=["reject", "keep"], help="images without an AU file")
     p.add_argument("--min-au-confidence", type=float, default=None, help="OpenFace rows below this confidence are not trusted")
     p.add_argument("--landmarks", default="auto", choices=["auto", "openface", "detector", "none"],
                    help="68 landmarks from: auto = the OpenFace CSV's (same row as the AUs) when it has them, else the "
                         "dlib detector on the aligned crop; openface; detector; none")
-    p.add_argument("--unit-size", type=int, default=256, help="images per work unit / shard")
+    p.add_argument("--unit-size", type=_positive_int, default=256, help="images per work unit / shard")
     p.add_argument("--run-name", default="prepare", help="shard file name prefix")
     p.add_argument("--device", default=None, help="cuda or cpu (default: CUDA when present)")
     p.add_argument("--dry-run", action="store_true", help="print the settings and the work plan, write nothing")
@@ -267,24 +361,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--au-shape", help="AU shape model JSON for the warp (from fit-au-shape); default: FACS-authored")
     p.add_argument("--plan", default="emotion", choices=["none", "single_au", "interpolate", "emotion", "balance"],
                    help="AU targets per source; 'none' = no edits, SinGAN regenerations of the originals only")
-    p.add_argument("--per-source", type=int, default=3, help="N: edits kept per source (seeded choice)")
+    p.add_argument("--per-source", type=_positive_int, default=3, help="N: edits kept per source (seeded choice)")
     p.add_argument("--emotions", type=int, nargs="+", help="emotion ids the emotion plan may target (default all)")
     p.add_argument("--regenerations", "-M", type=int, default=2, help="M SinGAN regenerations per edit (0: edits only)")
     p.add_argument("--singan-preset", default="fast", help="SinGAN preset (fast, official, reduced, tiny, ...)")
     p.add_argument("--singan-set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change one SinGANConfig field of the preset, e.g. iters_per_scale=200 (repeatable)")
-    p.add_argument("--singan-start", default="N-1", help="scale the image is injected at: N-1 (default) or N-2; N needs a preset that trains every scale")
+    p.add_argument("--singan-start", default="N-1", type=_singan_start,
+                   help="scale the image is injected at: N-1 (default) or N-2; N needs a preset that trains every scale")
     p.add_argument("--singan-noise-gain", type=float, default=4.0, help="noise multiplier at the start scale")
     p.add_argument("--singan-train-on", default="source", choices=["source", "edit"],
                    help="one SinGAN per source face with its edits injected (default), or one per edit")
-    p.add_argument("--bank-size", type=int, default=16, help="faces trained together in one SinGAN bank")
-    p.add_argument("--unit-size", type=int, default=64, help="source images per work unit / shard")
+    p.add_argument("--bank-size", type=_positive_int, default=16, help="faces trained together in one SinGAN bank")
+    p.add_argument("--unit-size", type=_positive_int, default=64, help="source images per work unit / shard")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit-sources", type=int, help="expand only this many train sources (seeded choice), to try settings")
     p.add_argument("--test-split", default="copy", choices=["copy", "omit"], help="copy test originals through, or leave them out")
-    p.add_argument("--min-ssim", type=float, help="quality gate: reject samples with SSIM to their source below this")
+    p.add_argument("--min-ssim", type=_float_in(-1.0, 1.0), help="quality gate: reject samples with SSIM to their source below this")
     p.add_argument("--max-au-fidelity", type=float, help="quality gate: reject edits whose critic AU error exceeds this")
-    p.add_argument("--attention-range", type=float, nargs=2, metavar=("LO", "HI"), help="quality gate on mean attention")
+    p.add_argument("--attention-range", type=_float_in(0.0, 1.0), nargs=2, metavar=("LO", "HI"), help="quality gate on mean attention")
     p.add_argument("--sifid-weights", help="Inception-v3 weights (.pth) to score SIFID per SinGAN sample")
     p.add_argument("--fanout", default="local", choices=["local", "deployment"],
                    help="run units here, or as runs of the expand-unit deployment on the gpu pool")
@@ -382,22 +477,111 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", help="where the sample data and the outputs go")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_demo)
+
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+    for command in sub.choices.values():  # also accepted after the command name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the full traceback of an error")
     return parser
+
+
+# Commands that never start Prefect (no flow runs, so no Prefect log output to quieten).
+_NO_PREFECT = {"verify", "inspect-au", "import-checkpoint", "sifid"}
+
+
+def _log_path() -> Path:
+    return Path(tempfile.gettempdir()) / f"singanimation-{os.getpid()}.log"
+
+
+def _append_log(text: str) -> Path:
+    path = _log_path()
+    try:
+        with open(path, "a") as f:
+            f.write(text.rstrip("\n") + "\n")
+    except OSError:
+        pass
+    return path
+
+
+class _TracebackToLog(logging.Filter):
+    """Keep Prefect's exception tracebacks off the terminal: they go to the log file; the CLI prints one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.levelno >= logging.ERROR:
+            _append_log(logging.Formatter("%(asctime)s %(name)s %(message)s").format(record))
+            return False
+        return True
+
+
+def _quiet_prefect_tracebacks() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _TracebackToLog) for f in logger.filters):
+            logger.addFilter(_TracebackToLog())
+
+
+def explain(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message saying what is wrong and what to do) for an error that ended a command."""
+    from pydantic import ValidationError
+
+    from flows._run import ConfigMismatch, OutputLocked, StartError
+    from manifests.writer import ManifestError
+    from tasks.ingest import DatasetError
+    from tasks.prepare import AUSourceError
+
+    name = type(exc).__name__
+    if isinstance(exc, (UsageError, StartError, ConfigMismatch, DatasetError, OutputLocked, AUSourceError)):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, ValidationError):
+        return EXIT_USAGE, "invalid value: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, FileNotFoundError):
+        return EXIT_USAGE, f"{exc.filename or exc}: no such file or folder; check the path" if exc.filename else str(exc)
+    if isinstance(exc, ManifestError):
+        return EXIT_FAILED, str(exc)
+    if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in (13, 30)):
+        return EXIT_FAILED, (f"cannot write {exc.filename or 'the output'}: {exc.strerror}; choose a writable --out "
+                             "(or fix the folder's permissions) and re-run")
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return EXIT_FAILED, f"no space left writing {exc.filename or 'the output'}; free some space and re-run to resume"
+    if isinstance(exc, OSError):
+        return EXIT_FAILED, f"{exc.filename or 'I/O'}: {exc.strerror or exc}; check the path and re-run"
+    if name == "SafetensorError":
+        return EXIT_FAILED, f"a checkpoint's model.safetensors cannot be read ({exc}): the file is damaged; re-create the checkpoint"
+    if name.startswith("Arrow") or type(exc).__module__.startswith("pyarrow"):
+        return EXIT_FAILED, f"a Parquet file cannot be read ({name}: {exc}); run `singanimation verify` on the output to find it"
+    if type(exc).__name__ in ("LegacyCheckpointError", "CheckpointError"):
+        return EXIT_FAILED, str(exc)
+    if isinstance(exc, RuntimeError) and str(exc).startswith("output failed verification"):
+        return EXIT_FAILED, "the output failed verification; run `singanimation verify OUT` for the list of problems"
+    return EXIT_FAILED, f"unexpected {name}: {exc}"
+
+
+def _one_line(text: str) -> str:
+    return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_args(parser, args)
+    debug = bool(getattr(args, "debug", False))
+    if not debug and args.command not in _NO_PREFECT:
+        _quiet_prefect_tracebacks()
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"singanimation {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
     except Exception as exc:
-        from flows.prepare import ConfigMismatch
-        from tasks.ingest import DatasetError
-
-        if isinstance(exc, (ConfigMismatch, DatasetError, FileNotFoundError)):
-            print(f"singanimation {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+        code, message = explain(exc)
+        message = _one_line(message)
+        if debug:
+            traceback.print_exc()
+        else:
+            log = _append_log(traceback.format_exc())
+            if code == EXIT_FAILED:
+                message += f" (traceback in {log}; --debug prints it)"
+        print(f"singanimation {args.command}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

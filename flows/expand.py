@@ -12,7 +12,17 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
-from flows._run import current_run_id, publish_report, settings_hash, write_run_config
+from flows._run import (
+    StartError,
+    current_run_id,
+    output_lock,
+    publish_report,
+    refuse_out_inside,
+    require_dir,
+    require_file_or_dir,
+    settings_hash,
+    write_run_config,
+)
 from manifests.reader import verify
 from manifests.schema import EMOTIONS, stable_hash
 from manifests.writer import committed_units, merge_rejects, retire_units, write_rejects_part
@@ -230,6 +240,53 @@ def describe_plan(settings: ExpandSettings) -> dict:
     }
 
 
+def check_expand_inputs(settings: ExpandSettings) -> list[dict]:
+    """Refuse, before anything is written, a run whose inputs are wrong; return the prepared originals.
+
+    StartError names the option: the prepared root (must be a `prepare` output with originals), the
+    GANimation checkpoint, the SIFID weights, --out inside the prepared tree, a SinGAN start scale the
+    preset does not have at this image size.
+    """
+    prepared = require_dir(settings.prepared, "the prepared dataset", "give the --out folder of `singanimation prepare`")
+    if not (prepared / "manifest").is_dir():
+        raise StartError(f"{settings.prepared} is not a prepared output (no manifest/ folder): give the --out "
+                         "folder of `singanimation prepare`")
+    refuse_out_inside(settings.out, settings.prepared, "prepared dataset")
+    if settings.plan.kind != "none":
+        from models.checkpoints import CheckpointError
+        from tasks.ganimation import load_ganimation
+
+        require_dir(settings.ganimation, "--ganimation", "give a checkpoint folder from train-ganimation or import-checkpoint")
+        try:
+            load_ganimation(settings.ganimation, "cpu")
+        except (CheckpointError, OSError, ValueError, KeyError) as exc:
+            raise StartError(f"--ganimation {settings.ganimation} cannot be loaded ({exc}); give a checkpoint folder "
+                             "from train-ganimation or import-checkpoint") from exc
+    if settings.sifid_weights is not None:
+        require_file_or_dir(settings.sifid_weights, "--sifid-weights")
+    try:
+        rows = load_original_rows(settings.prepared)
+    except FileNotFoundError as exc:
+        raise StartError(str(exc)) from exc
+    if settings.regenerations:
+        check_singan_start(settings, int(rows[0]["width"]))
+    return rows
+
+
+def check_singan_start(settings: ExpandSettings, image_px: int) -> None:
+    """The start scale must exist in the preset's pyramid at this size (it used to be clamped to scale 0 silently)."""
+    from tasks.expand import parse_start_offset
+
+    config = _singan(settings)
+    offset = parse_start_offset(settings.singan_start)
+    coarsest = len(pyramid_sizes(image_px, image_px, config)) - 1
+    lowest = config.skip_coarse_scales
+    if not lowest <= offset <= coarsest:
+        raise StartError(f"--singan-start {settings.singan_start}: SinGAN preset {settings.singan_preset!r} at "
+                         f"{image_px} px has scales N={coarsest} .. 0, trained from N-{lowest}; "
+                         f"choose N-{lowest} .. N-{coarsest}")
+
+
 @task(name="expand-unit", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["gpu"])
 def expand_unit_task(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
     """One unit on the GPU; the `gpu` concurrency slot keeps a worker from running more units than it has GPUs."""
@@ -270,17 +327,23 @@ def _run_units_as_deployments(settings: ExpandSettings, units: list[ExpandUnit],
 @flow(name="expand", log_prints=True)
 def expand(settings: ExpandSettings) -> dict:
     """Expand a prepared dataset; re-running on the same output resumes and never duplicates."""
-    logger = get_run_logger()
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
 
-    # 1. Resolve and record the settings before any work.
+    # 1. Check the inputs before writing anything; then lock the output and record the settings.
+    rows = check_expand_inputs(settings)
     config_hash = settings.config_hash()
-    write_run_config(settings.out, "expand", settings, config_hash)
+    with output_lock(settings.out, "expand"):
+        write_run_config(settings.out, "expand", settings, config_hash)
+        return _expand_locked(settings, rows, config_hash, t0)
+
+
+def _expand_locked(settings: ExpandSettings, rows: list[dict], config_hash: str, t0: float) -> dict:
+    logger = get_run_logger()
+    timings: dict[str, float] = {}
     job = settings.job(current_run_id())
 
-    # 2. Read the prepared originals (both splits).
-    rows = select_rows(settings, load_original_rows(settings.prepared))
+    # 2. The prepared originals (both splits) this run uses.
+    rows = select_rows(settings, rows)
     logger.info(f"{len(rows)} prepared originals from {settings.prepared}")
 
     # 3. Plan the GANimation edits of the train sources.

@@ -13,8 +13,11 @@ from tqdm import tqdm
 from flows._run import (
     ConfigMismatch,
     current_run_id,
+    output_lock,
     publish_report,
     record_inputs,
+    require_dir,
+    require_file_or_dir,
     settings_hash,
     write_run_config,
 )
@@ -65,6 +68,14 @@ class PrepareSettings(BaseModel):
         return settings_hash(self, exclude={"device", "out"})
 
 
+def check_prepare_inputs(settings: PrepareSettings) -> None:
+    """Refuse, before anything is written, a run whose inputs are missing (StartError names the option)."""
+    require_dir(settings.dataset, "the dataset", "give the dataset root (RAF-DB, class folders, or the CSV list's folder)")
+    for value, what in ((settings.ingest.csv_path, "--csv"), (settings.aus.path, "--aus")):
+        if value is not None:
+            require_file_or_dir(value, what)
+
+
 @task(name="prepare-unit", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def prepare_unit_task(unit, out: str, run_name: str, run_id: str, align: AlignConfig, aus: AUConfig,
                       landmarks: str, device: str | None) -> dict:
@@ -75,22 +86,31 @@ def prepare_unit_task(unit, out: str, run_name: str, run_id: str, align: AlignCo
 @flow(name="prepare", log_prints=True)
 def prepare(settings: PrepareSettings) -> dict:
     """Prepare a dataset for expansion; re-running on the same output resumes and never duplicates."""
-    logger = get_run_logger()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    # 1. Resolve and record the settings before any work.
+    # 1. Check the inputs and ingest (labels, splits, source ids and hashes) before writing anything, so a
+    #    typo never leaves a run_config.json behind; then lock the output and record the settings.
+    check_prepare_inputs(settings)
+    ingested = ingest_dataset(settings.dataset, settings.ingest)
+    au_note = check_au_source(ingested.records, settings.aus)  # a useless --aus is refused before any work
     config_hash = settings.config_hash()
-    write_run_config(settings.out, "prepare", settings, config_hash)
+    out = settings.out
+    with output_lock(out, "prepare"):
+        write_run_config(out, "prepare", settings, config_hash)
+        return _prepare_locked(settings, ingested, au_note, config_hash, timings, t0)
+
+
+def _prepare_locked(settings: PrepareSettings, ingested, au_note: str | None, config_hash: str,
+                    timings: dict[str, float], t0: float) -> dict:
+    logger = get_run_logger()
     out = settings.out
 
-    # 2. Ingest: labels, splits, source ids and hashes; bad entries become rejects.
-    ingested = ingest_dataset(settings.dataset, settings.ingest)
+    # 2. Bad dataset entries become rejects.
     write_rejects_part(out, "ingest", ingested.rejects)
     logger.info(ingested.summary())
     for warning in ingested.warnings:
         logger.warning(warning)
-    au_note = check_au_source(ingested.records, settings.aus)  # a useless --aus is refused before any work
     fingerprint = inputs_fingerprint(ingested.records)
     previous = record_inputs(out, fingerprint, len(ingested.records))
     timings["ingest"] = time.perf_counter() - t0
@@ -137,4 +157,4 @@ def prepare(settings: PrepareSettings) -> dict:
     return summary
 
 
-__all__ = ["PrepareSettings", "prepare", "ConfigMismatch"]
+__all__ = ["PrepareSettings", "prepare", "check_prepare_inputs", "ConfigMismatch"]

@@ -8,10 +8,31 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import IO, Iterator
 
 TMP_PREFIX = ".tmp-"
+
+# Test hook, used only by tests/flows/test_fault_injection.py: "N:COUNTER_FILE" makes the process SIGKILL
+# itself at the Nth write step, counted across processes in COUNTER_FILE (the step's name is appended to
+# COUNTER_FILE.killed first). Unset (always, outside that test), fault_point does nothing.
+FAULT_ENV = "SINGANIMATION_TEST_KILL_AT"
+
+
+def fault_point(name: str) -> None:
+    """One write step (a shard member added, a temp file written, a file renamed into place); see FAULT_ENV."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    kill_at, _, counter_file = spec.partition(":")
+    counter = Path(counter_file)
+    step = (int(counter.read_text() or 0) if counter.is_file() else 0) + 1
+    counter.write_text(str(step))
+    if step == int(kill_at):
+        with open(f"{counter}.killed", "a") as f:
+            f.write(f"{step} {name}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -35,8 +56,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        fault_point(f"written {path.parent.name}/{path.name}")
         os.replace(tmp, path)
         fsync_dir(path.parent)
+        fault_point(f"renamed {path.parent.name}/{path.name}")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -1,6 +1,7 @@
 """Read the manifest as one table, and verify that manifest and shards agree byte for byte."""
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -8,22 +9,39 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import numpy as np
 import pyarrow.parquet as pq
 
 from manifests.schema import MANIFEST_SCHEMA, REJECTS_SCHEMA, sha256_bytes
 from manifests.atomic import TMP_PREFIX
 from manifests.shards import list_members
-from manifests.writer import MANIFEST_DIR, REJECTS_DIR, REJECTS_FILE, SHARDS_DIR
+from manifests.writer import MANIFEST_DIR, REJECTS_DIR, REJECTS_FILE, SHARDS_DIR, ManifestError, part_problem
+
+
+def manifest_parts(out_root: str | os.PathLike) -> list[Path]:
+    return sorted((Path(out_root) / MANIFEST_DIR).glob("part-*.parquet"))
 
 
 def read_manifest(out_root: str | os.PathLike, filter: ds.Expression | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Every committed part as one table (empty table with the schema when nothing is committed)."""
-    parts = sorted((Path(out_root) / MANIFEST_DIR).glob("part-*.parquet"))
+    """Every committed part as one table (empty table with the schema when nothing is committed).
+
+    Raises ManifestError naming the file when a part is not Parquet, is truncated, or lacks a column
+    of the schema (pyarrow would otherwise fill the missing column with nulls).
+    """
+    parts = manifest_parts(out_root)
     if not parts:
         table = MANIFEST_SCHEMA.empty_table()
         return table.select(columns) if columns else table
+    bad = [f"{p}: {problem}" for p in parts if (problem := part_problem(p))]
+    if bad:
+        raise ManifestError(f"{len(bad)} damaged manifest part(s): {'; '.join(bad[:3])}; "
+                            f"run `singanimation verify {out_root}` for the full list")
     dataset = ds.dataset([str(p) for p in parts], schema=MANIFEST_SCHEMA, format="parquet")
-    table = dataset.to_table(filter=filter, columns=columns)
+    try:
+        table = dataset.to_table(filter=filter, columns=columns)
+    except (pa.ArrowException, OSError) as exc:  # a footer that reads but data pages that do not
+        raise ManifestError(f"the manifest of {out_root} cannot be read ({exc}); "
+                            f"run `singanimation verify {out_root}` to find the damaged part") from exc
     return table.sort_by([("shard", "ascending"), ("offset", "ascending")]) if {"shard", "offset"} <= set(table.column_names) else table
 
 
@@ -66,13 +84,24 @@ def verify(out_root: str | os.PathLike) -> VerifyReport:
     if not (out_root / MANIFEST_DIR).is_dir():
         report.errors.append(f"{out_root} has no {MANIFEST_DIR}/ folder: not an output root")
         return report
-    table = read_manifest(out_root)
+    good = []
+    for part in manifest_parts(out_root):
+        rel_part = part.relative_to(out_root).as_posix()
+        problem = part_problem(part)
+        if problem is None:
+            try:
+                good.append(pq.read_table(part, schema=MANIFEST_SCHEMA))
+            except (pa.ArrowException, OSError) as exc:
+                problem = f"cannot be read as Parquet ({type(exc).__name__}: {exc})"
+        if problem:
+            report.errors.append(f"manifest part {rel_part} {problem}; delete it and re-run the flow to redo that unit")
+    table = pa.concat_tables(good) if good else MANIFEST_SCHEMA.empty_table()
     report.rows = table.num_rows
     ids = Counter(table.column("sample_id").to_pylist())
     report.errors += [f"sample_id {sid} appears {n} times" for sid, n in sorted(ids.items()) if n > 1]
 
     by_shard: dict[str, list[dict]] = {}
-    for row in table.select(["sample_id", "shard", "offset", "size", "sha256"]).to_pylist():
+    for row in table.to_pylist():
         by_shard.setdefault(row["shard"], []).append(row)
     report.shards = len(by_shard)
     for rel, rows in sorted(by_shard.items()):
@@ -94,7 +123,14 @@ def verify(out_root: str | os.PathLike) -> VerifyReport:
                 f.seek(row["offset"])
                 if sha256_bytes(f.read(row["size"])) != row["sha256"]:
                     report.errors.append(f"{rel}: member {name} bytes do not match the manifest's sha256")
+                sidecar = members.get(f"{row['sample_id']}.json")
+                if sidecar is not None:
+                    f.seek(sidecar[0])
+                    report.errors += [f"{rel}: {row['sample_id']}.json {e}" for e in sidecar_mismatches(f.read(sidecar[1]), row)]
+        known = {f"{row['sample_id']}{ext}" for row in rows for ext in (".png", ".json")}
+        report.errors += [f"{rel}: member {name} has no manifest row" for name in sorted(set(members) - known)]
 
+    report.errors += [f"shard {rel} is referenced by rows of two parts" for rel in _shards_in_two_parts(good)]
     shards_dir = out_root / SHARDS_DIR
     if shards_dir.is_dir():
         for path in sorted(shards_dir.rglob("*")):
@@ -106,3 +142,42 @@ def verify(out_root: str | os.PathLike) -> VerifyReport:
             elif path.suffix == ".tar" and rel not in by_shard:
                 report.orphans.append(rel)
     return report
+
+
+def _shards_in_two_parts(tables: list[pa.Table]) -> list[str]:
+    seen: Counter = Counter()
+    for table in tables:
+        seen.update(set(table.column("shard").to_pylist()))
+    return sorted(rel for rel, n in seen.items() if n > 1)
+
+
+def sidecar_mismatches(blob: bytes, row: dict) -> list[str]:
+    """How a sample's `.json` sidecar disagrees with its manifest row (fields of both; floats to float32 precision)."""
+    try:
+        meta = json.loads(blob)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [f"is not JSON ({exc})"]
+    if not isinstance(meta, dict):
+        return [f"is a {type(meta).__name__}, not a JSON object"]
+    problems = []
+    for key in sorted(set(meta) & set(row)):
+        want, got = row[key], meta[key]
+        if _same(want, got):
+            continue
+        problems.append(f"says {key}={_short(got)}, the manifest says {_short(want)}")
+    return problems
+
+
+def _same(want, got) -> bool:
+    if want is None or got is None or isinstance(want, str) or isinstance(got, str):
+        return want == got
+    try:
+        a, b = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    except (TypeError, ValueError):
+        return want == got
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-6, atol=1e-7))
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from manifests.atomic import atomic_open
+from manifests.atomic import atomic_open, fault_point
 from manifests.schema import sha256_bytes
 
 # Fixed member metadata so the same samples always give the same shard bytes.
@@ -61,6 +61,7 @@ def write_shard(path: str | os.PathLike, samples: Iterable[ShardSample]) -> list
                 # Data starts right after this member's header block(s).
                 data_offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
                 tar.addfile(info, io.BytesIO(sample.png))
+                fault_point(f"member {path.name}/{sample.key}.png")
                 locations.append(MemberLocation(sample.key, data_offset, info.size, sha256_bytes(sample.png)))
                 if sample.meta is not None:
                     blob = json.dumps(sample.meta, sort_keys=True, default=_json_default).encode()

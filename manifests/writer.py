@@ -56,9 +56,48 @@ def part_path(out_root: str | os.PathLike, unit_id: str) -> Path:
     return Path(out_root) / MANIFEST_DIR / f"part-{unit_id}.parquet"
 
 
+class ManifestError(ValueError):
+    """A manifest part that cannot be read as the manifest schema; the message names the file."""
+
+
+def part_problem(path: str | os.PathLike) -> str | None:
+    """Why a manifest part is unusable (not Parquet, truncated, a column missing or of another type), or None."""
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        return f"cannot be read as Parquet ({type(exc).__name__}: {exc})"
+    missing = [f.name for f in MANIFEST_SCHEMA if f.name not in schema.names]
+    if missing:
+        return f"lacks the required column(s) {missing}"
+    wrong = [f"{f.name} is {schema.field(f.name).type}, expected {f.type}" for f in MANIFEST_SCHEMA
+             if not schema.field(f.name).type.equals(f.type)]
+    return f"has columns of the wrong type: {'; '.join(wrong)}" if wrong else None
+
+
 def unit_committed(out_root: str | os.PathLike, unit_id: str) -> bool:
-    """A unit counts as written once its manifest part exists (the part is written after its shard)."""
-    return part_path(out_root, unit_id).is_file()
+    """A unit counts as written once its manifest part exists, reads back, and its shard holds every row's bytes.
+
+    The part is written after its shard, so a part alone is normally proof. A part that is damaged
+    (truncated, not Parquet, a column missing) or whose shard is missing or shorter than the rows say
+    is treated as uncommitted: the unit is redone and both files are replaced.
+    """
+    path = part_path(out_root, unit_id)
+    if not path.is_file() or part_problem(path) is not None:
+        return False
+    try:
+        table = pq.read_table(path, columns=["shard", "offset", "size"])
+    except (pa.ArrowException, OSError):
+        return False
+    ends: dict[str, int] = {}
+    for row in table.to_pylist():
+        if row["shard"] is None or row["offset"] is None or row["size"] is None:
+            return False
+        ends[row["shard"]] = max(ends.get(row["shard"], 0), row["offset"] + row["size"])
+    for rel, end in ends.items():
+        shard = Path(out_root) / rel
+        if not shard.is_file() or shard.stat().st_size < end:
+            return False
+    return True
 
 
 def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 import torch
@@ -111,6 +112,9 @@ def convert_state_dict(
             wrong_shape.append(f"{key}: shape {tuple(value.shape)}, expected {want}")
         elif not value.is_floating_point():
             wrong_shape.append(f"{key}: dtype {value.dtype}, expected a floating-point tensor")
+        elif not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            wrong_shape.append(f"{key}: {bad} NaN/inf value(s); the weights are damaged")
     if missing or unexpected or wrong_shape:
         lines = [f"{fmt} {part} checkpoint {source} does not match {config}:"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
@@ -122,13 +126,27 @@ def convert_state_dict(
 
 def load_published_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a published .pth file without unpickling arbitrary objects."""
+    if os.path.getsize(path) == 0:
+        raise LegacyCheckpointError(f"{path} is an empty file (0 bytes): download or copy it again")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, or one that holds more than tensors
-        raise LegacyCheckpointError(f"cannot read {path} as a weights-only state_dict: {exc}") from exc
+        raise LegacyCheckpointError(f"cannot read {path} as a weights-only state_dict: {_load_reason(exc)}") from exc
     if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
         raise LegacyCheckpointError(f"{path} does not hold a state_dict (got {type(data).__name__})")
     return dict(data)
+
+
+def _load_reason(exc: Exception) -> str:
+    """torch's reason, without its advice to re-load with weights_only=False (which would run code from the file)."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        found = re.search(r"(Unsupported global: GLOBAL \S+|Unsupported operand \S+|[A-Za-z]+ \S* ?is not supported)", text)
+        what = found.group(1) if found else "objects other than tensors"
+        return (f"the file holds {what}, not only tensors; this project never unpickles code from a checkpoint. "
+                "Save the weights as a plain state_dict of tensors (torch.save(model.state_dict(), path)) "
+                "where you trust the code, and import that file")
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (truncated or not a torch file)"
 
 
 def convert_checkpoint_file(

@@ -5,7 +5,7 @@ from __future__ import annotations
 class RejectError(Exception):
     """A specific, recorded reason why one input cannot be used.
 
-    stage:  where it was found (ingest, align, openface, landmarks, ganimation, singan, write, quality)
+    stage:  where it was found (ingest, align, openface, landmarks, expand, ganimation, singan, write, quality)
     reason: a short stable code people can group by, e.g. "no_face", "corrupt_image"
     detail: the human-readable specifics (file, value, what was expected)
     """

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 
 from manifests.dataset import decode_png_rgb, encode_png_rgb
 from manifests.reader import read_manifest
-from manifests.schema import make_sample_id, stable_hash
+from manifests.schema import make_sample_id, sha256_bytes, stable_hash
 from manifests.shards import read_member
 from manifests.writer import Sample, commit_unit, unit_committed
 from models.checkpoints import config_hash as dataclass_hash
@@ -354,6 +355,22 @@ def _sifid_scorer(weights: str | None, device: str):
     return lambda real, fake: float(sifid_images(real, fake, extractor))
 
 
+def read_prepared_image(prepared: str | os.PathLike, row: dict) -> np.ndarray:
+    """One prepared original's pixels; RejectError("expand", ...) when its shard member is missing or damaged."""
+    where = f"{row['shard']} at byte {row['offset']} ({row['size']} bytes)"
+    try:
+        data = read_member(Path(prepared) / row["shard"], row["offset"], row["size"])
+    except OSError as exc:
+        raise RejectError("expand", "prepared_member_unreadable", f"{where}: {exc}") from exc
+    if sha256_bytes(data) != row["sha256"]:
+        raise RejectError("expand", "prepared_member_corrupt",
+                          f"{where}: bytes do not match the manifest's sha256 (run `singanimation verify {prepared}`)")
+    try:
+        return decode_png_rgb(data)
+    except (ValueError, cv2.error) as exc:
+        raise RejectError("expand", "prepared_member_corrupt", f"{where}: {exc}") from exc
+
+
 def expand_unit(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
     """Write one unit: its originals, their GANimation edits, and SinGAN regenerations; skipped when committed."""
     started = time.perf_counter()
@@ -365,10 +382,16 @@ def expand_unit(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
     missing = wanted - set(sources)
     if missing:
         raise FileNotFoundError(f"unit {unit.unit_id}: {len(missing)} sources are not in {job.prepared}, e.g. {sorted(missing)[:3]}")
-    root = Path(job.prepared)
-    images = {sid: decode_png_rgb(read_member(root / r["shard"], r["offset"], r["size"])) for sid, r in sources.items()}
-    versions = f"{editor_version(job, device)};{singan_versions(job)};singanimation:{PACKAGE_VERSION}"
     rejects: list[dict] = []
+    images = {}
+    for sid in sorted(sources):
+        try:
+            images[sid] = read_prepared_image(job.prepared, sources[sid])
+        except RejectError as err:  # one damaged member costs its source, not the unit
+            rejects.append(err.as_row(sid))
+            del sources[sid]
+    wanted = set(sources)
+    versions = f"{editor_version(job, device)};{singan_versions(job)};singanimation:{PACKAGE_VERSION}"
 
     # 1. originals pass through with their prepared rows (same sample ids), re-written into this unit's shard
     originals = []

@@ -67,6 +67,8 @@ def import_checkpoint(
     config defaults to the published architecture (128 px, 17 AUs) in that format's norm layout.
     Raises models.legacy.LegacyCheckpointError naming every missing, unexpected or wrong-shaped key.
     """
+    if Path(out_dir).exists():  # checked first: the conversion can take a while, and checkpoints are never overwritten
+        raise FileExistsError(f"{out_dir} exists; checkpoints are never overwritten: choose a new --out")
     config = config or GANimationConfig(norm_layout=format)
     generator = _module_from_tensors(
         Generator, config, convert_checkpoint_file(generator_path, fmt=format, part="generator", config=config))

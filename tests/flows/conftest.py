@@ -62,3 +62,20 @@ def synthetic_prepared(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_ganimation(tmp_path_factory):
     return write_tiny_ganimation(tmp_path_factory.mktemp("tiny-ganimation") / "g")
+
+
+@pytest.fixture(scope="session")
+def tiny_folders_dataset(tmp_path_factory):
+    """Class folders of 12 small random PNGs (use --align none) and one truncated file, which prepare rejects."""
+    import numpy as np
+
+    from manifests.dataset import encode_png_rgb
+
+    root = tmp_path_factory.mktemp("tiny-folders")
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(["Happiness", "Sadness", "Neutral", "Anger"] * 3):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"face{i:02d}.png").write_bytes(encode_png_rgb(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)))
+    (root / "Happiness" / "broken.png").write_bytes(encode_png_rgb(np.zeros((40, 40, 3), np.uint8))[:60])
+    return root
