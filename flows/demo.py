@@ -35,10 +35,13 @@ DEMO_GANIMATION = TrainGANimationConfig(
     batch_size=16, lr_generator=3e-4, lr_critic=1e-3)
 DEMO_GANIMATION_EPOCHS = 8
 # SinGAN on a demo budget: 40 iterations per scale and narrow nets. The default `fast` preset's noisy N-1
-# start needs its full 100 iterations (undertrained, it paints a patchwork), so the demo regenerates from N-2
-# at gain 2 with the `fast_skip2` preset: clean but close to the input.
+# start needs its full 100 iterations (undertrained, it paints a patchwork), so the demo uses `fast_skip2`
+# at gain 2 and injects at N-4 (128 px photos; N-2 for the 64 px synthetic faces): from N-2 or N-3 these
+# undertrained SinGANs, trained on the source face, pulled the photos' edits back toward the source's
+# expression (looked at), which would mislabel them; from N-4 the edits survive and the variants are subtle.
 DEMO_SINGAN = {"preset": "fast_skip2", "overrides": {"iters_per_scale": 40, "base_channels": 16},
                "start": "N-2", "noise_gain": 2.0}
+REAL_SINGAN_START = "N-4"
 REAL_SEED = 3                 # its seeded choice of REAL_SOURCES photos holds one of each person
 
 
@@ -82,7 +85,7 @@ def demo(out: str = "demo-out", device: str | None = None) -> dict:
     photos = expand(ExpandSettings(
         prepared=str(root / "prepared-real"), out=str(root / "expanded-real"), run_name="demo", editor="warp",
         plan=PlanSettings(kind="emotion", per_source=None, emotion=REAL_EMOTIONS), regenerations=2,
-        singan_preset=DEMO_SINGAN["preset"], singan_overrides=DEMO_SINGAN["overrides"], singan_start=DEMO_SINGAN["start"],
+        singan_preset=DEMO_SINGAN["preset"], singan_overrides=DEMO_SINGAN["overrides"], singan_start=REAL_SINGAN_START,
         singan_noise_gain=DEMO_SINGAN["noise_gain"], bank_size=16, unit_size=16, seed=REAL_SEED,
         limit_sources=REAL_SOURCES, device=device))
 

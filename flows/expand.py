@@ -252,7 +252,7 @@ def check_expand_inputs(settings: ExpandSettings) -> list[dict]:
         raise StartError(f"{settings.prepared} is not a prepared output (no manifest/ folder): give the --out "
                          "folder of `singanimation prepare`")
     refuse_out_inside(settings.out, settings.prepared, "prepared dataset")
-    if settings.plan.kind != "none":
+    if settings.resolved_editor() == "ganimation":
         from models.checkpoints import CheckpointError
         from tasks.ganimation import load_ganimation
 

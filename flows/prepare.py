@@ -71,7 +71,10 @@ class PrepareSettings(BaseModel):
 def check_prepare_inputs(settings: PrepareSettings) -> None:
     """Refuse, before anything is written, a run whose inputs are missing (StartError names the option)."""
     require_dir(settings.dataset, "the dataset", "give the dataset root (RAF-DB, class folders, or the CSV list's folder)")
-    for value, what in ((settings.ingest.csv_path, "--csv"), (settings.aus.path, "--aus")):
+    csv = settings.ingest.csv_path
+    if csv is not None and not Path(csv).expanduser().is_absolute() and Path(settings.dataset).is_dir():
+        csv = str(Path(settings.dataset) / csv)  # a relative --csv is read under the dataset root, as ingest does
+    for value, what in ((csv, "--csv"), (settings.aus.path, "--aus")):
         if value is not None:
             require_file_or_dir(value, what)
 

@@ -75,6 +75,10 @@ MANIFEST_SCHEMA = pa.schema([
     ("run_id", pa.string()),
 ])
 
+# Columns added after the first release: a part written before them is read with nulls there (old prepared
+# outputs stay usable), not reported as damaged.
+LATER_COLUMNS: tuple[str, ...] = ("landmarks", "landmark_source")
+
 REJECTS_SCHEMA = pa.schema([
     ("source_id", pa.string()),
     ("stage", pa.string()),    # ingest / align / openface / landmarks / ganimation / singan / write / quality

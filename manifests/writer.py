@@ -14,6 +14,7 @@ from manifests.schema import (
     EDIT_KINDS,
     EMOTIONS,
     LABEL_KINDS,
+    LATER_COLUMNS,
     LANDMARK_SOURCES,
     MANIFEST_SCHEMA,
     N_AUS,
@@ -66,11 +67,11 @@ def part_problem(path: str | os.PathLike) -> str | None:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
         return f"cannot be read as Parquet ({type(exc).__name__}: {exc})"
-    missing = [f.name for f in MANIFEST_SCHEMA if f.name not in schema.names]
+    missing = [f.name for f in MANIFEST_SCHEMA if f.name not in schema.names and f.name not in LATER_COLUMNS]
     if missing:
         return f"lacks the required column(s) {missing}"
     wrong = [f"{f.name} is {schema.field(f.name).type}, expected {f.type}" for f in MANIFEST_SCHEMA
-             if not schema.field(f.name).type.equals(f.type)]
+             if f.name in schema.names and not schema.field(f.name).type.equals(f.type)]
     return f"has columns of the wrong type: {'; '.join(wrong)}" if wrong else None
 
 

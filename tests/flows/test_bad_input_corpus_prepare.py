@@ -325,8 +325,10 @@ def test_refuses_aus_folder_matching_no_image(tmp_path):
 
 def test_refuses_aus_path_that_does_not_exist(tmp_path):
     data = _tiny_dataset(tmp_path)
-    with pytest.raises(AUSourceError, match="does not exist"):
+    # refused by the start checks (flows._run.StartError), before the output folder is touched
+    with pytest.raises(ValueError, match="does not exist"):
         prepare(_settings(data, tmp_path / "out", aus=AUConfig(path=str(tmp_path / "typo"))))
+    assert not (tmp_path / "out").exists()
 
 
 def test_refuses_the_rafdb_compound_release(tmp_path):
