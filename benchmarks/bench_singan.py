@@ -378,7 +378,7 @@ def train_saved_bank(image_uint8: np.ndarray, config: SinGANConfig, seed: int, p
     from models.singan import bank_state
 
     if path.exists():
-        return torch.load(path, weights_only=False)["meta"]
+        return torch.load(path, weights_only=True)["meta"]
     image = torch.from_numpy(image_uint8).permute(2, 0, 1).float()[None] / 127.5 - 1
     cpu0 = time.process_time()
     bank = train_bank(image, config, [seed])
@@ -394,7 +394,7 @@ def train_saved_bank(image_uint8: np.ndarray, config: SinGANConfig, seed: int, p
 def load_saved_bank(path: Path):
     from models.singan import bank_from_state
 
-    blob = torch.load(path, weights_only=False)
+    blob = torch.load(path, weights_only=True)
     cfg = blob["meta"]["config"]
     cfg["adam_betas"] = tuple(cfg["adam_betas"])
     return bank_from_state(SinGANConfig(**cfg), blob["tensors"], blob["meta"]), blob["meta"]
