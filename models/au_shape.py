@@ -32,7 +32,6 @@ MIRROR: tuple[int, ...] = (
     + (54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55)                  # outer lips
     + (64, 63, 62, 61, 60, 67, 66, 65)                                  # inner lips
 )
-MIDLINE: tuple[int, ...] = tuple(i for i in range(N_LANDMARKS) if MIRROR[i] == i)
 # The image-left half (the subject's right): jaw, brow, nostril, eye and lip points left of the midline.
 LEFT_HALF: frozenset[int] = frozenset((*range(0, 8), *range(17, 22), 31, 32, *range(36, 42), 48, 49, 50, 58, 59, 60, 61, 67))
 

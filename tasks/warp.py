@@ -106,6 +106,7 @@ class _Mesh:
     dst: np.ndarray          # [V, 2] where each vertex goes
     hidden: np.ndarray       # [T] bool: triangles of the mouth interior (filled, not checked for folds)
     area_ratio: np.ndarray   # [T] signed source area / target area (the affine map's Jacobian determinant)
+    area_dst: np.ndarray     # [T] signed target area (px^2)
 
 
 def _mesh(src: np.ndarray, dst: np.ndarray, size_px: int) -> _Mesh:
@@ -130,18 +131,17 @@ def _mesh(src: np.ndarray, dst: np.ndarray, size_px: int) -> _Mesh:
     area_dst = signed_area(vertices_dst)
     area_src = signed_area(vertices_src)
     ratio = np.where(np.abs(area_dst) > 1e-12, area_src / np.where(np.abs(area_dst) > 1e-12, area_dst, 1.0), 1.0)
-    return _Mesh(tri, vertices_src, vertices_dst, hidden, ratio)
+    return _Mesh(tri, vertices_src, vertices_dst, hidden, ratio, area_dst)
 
 
 def _worst_ratio(mesh: _Mesh) -> float:
     """Smallest source/target area ratio over the triangles that are checked (> 0 everywhere: no fold).
     Slivers thinner than half a pixel in the target (the seam kept between lips or lids that meet) are not
     judged: they hold at most a row of pixel centres, sampled from the seam itself."""
-    a = mesh.tri.points[mesh.tri.simplices]                                   # [T, 3, 2]
-    area = 0.5 * np.abs((a[:, 1, 0] - a[:, 0, 0]) * (a[:, 2, 1] - a[:, 0, 1]) - (a[:, 1, 1] - a[:, 0, 1]) * (a[:, 2, 0] - a[:, 0, 0]))
+    a = mesh.dst[mesh.tri.simplices]                                          # [T, 3, 2]
     edges = a - np.roll(a, 1, axis=1)                                         # [T, 3, 2]
     longest = np.hypot(edges[..., 0], edges[..., 1]).max(axis=1)             # [T]
-    judged = ~mesh.hidden & (2.0 * area / np.maximum(longest, 1e-9) > 0.5)
+    judged = ~mesh.hidden & (2.0 * np.abs(mesh.area_dst) / np.maximum(longest, 1e-9) > 0.5)
     return float(mesh.area_ratio[judged].min()) if judged.any() else 1.0
 
 
