@@ -118,7 +118,7 @@ def output_lock(out: str, flow_name: str) -> Iterator[Path]:
             pass
 
 
-def settings_hash(settings: BaseModel, exclude: set[str]) -> str:
+def settings_hash(settings: BaseModel, exclude: set[str] | dict) -> str:
     """Hash of what decides the output; fields in `exclude` (device, paths) do not change it."""
     return stable_hash(settings.model_dump(mode="json", exclude=exclude), 16)
 

@@ -77,6 +77,10 @@ class ExpandSettings(BaseModel):
                           "default: ganimation when a checkpoint is given, else warp")
     ganimation: str | None = Field(None, description="GANimation checkpoint dir (editor 'ganimation')")
     au_shape: str | None = Field(None, description="AU shape model JSON for the warp (fit-au-shape); default: FACS-authored")
+    source_aus: Literal["neutral", "label"] = Field(
+        "neutral", description="AUs the warp assumes for a source without measured AUs (no OpenFace file): "
+                               "'neutral' (all zero) or 'label' (the EMFACS prototype of its emotion label, for "
+                               "peak-expression data such as CK+)")
     plan: PlanSettings = PlanSettings()
     regenerations: int = Field(2, ge=0, description="M SinGAN regenerations per edit; 0 = GANimation edits only")
     singan_preset: str = Field("fast", description=f"one of {sorted(PRESETS)}")
@@ -120,14 +124,27 @@ class ExpandSettings(BaseModel):
             return None
         return self.editor or ("ganimation" if self.ganimation else "warp")
 
+    def plan_intensity_range(self) -> tuple[float, float]:
+        """The intensity range of the run's emotion targets (single-AU sweeps have none: the default)."""
+        config = getattr(self.plan, self.plan.kind, None)
+        return tuple(getattr(config, "intensity_range", EmotionConfig().intensity_range))
+
     def config_hash(self) -> str:
-        return settings_hash(self, exclude={"device", "out", "fanout", "unit_deployment", "ganimation_batch"})
+        exclude: set | dict = {"device", "out", "fanout", "unit_deployment", "ganimation_batch"}
+        # Settings added later leave the hash as it was while they keep their defaults, so outputs written
+        # before them can still be resumed.
+        if self.source_aus == "neutral":
+            exclude = exclude | {"source_aus"}
+        if self.plan.balance.group_regex is None:
+            exclude = {**{name: True for name in exclude}, "plan": {"balance": {"group_regex"}}}
+        return settings_hash(self, exclude=exclude)
 
     def job(self, run_id: str) -> ExpandJob:
         return ExpandJob(
             prepared=self.prepared, out=self.out, run_name=self.run_name, run_id=run_id,
             ganimation=self.ganimation if self.resolved_editor() == "ganimation" else None,
-            editor=self.resolved_editor(), au_shape=self.au_shape, ganimation_batch=self.ganimation_batch,
+            editor=self.resolved_editor(), au_shape=self.au_shape, source_aus=self.source_aus,
+            source_aus_range=self.plan_intensity_range(), ganimation_batch=self.ganimation_batch,
             regenerations=self.regenerations, singan_preset=self.singan_preset,
             singan_overrides=tuple(sorted(self.singan_overrides.items())), singan_start=self.singan_start,
             singan_noise_gain=self.singan_noise_gain, singan_train_on=self.singan_train_on,

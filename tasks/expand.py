@@ -17,7 +17,7 @@ import torch
 
 from manifests.dataset import decode_png_rgb, encode_png_rgb
 from manifests.reader import read_manifest
-from manifests.schema import make_sample_id, sha256_bytes, stable_hash
+from manifests.schema import EMOTIONS, make_sample_id, sha256_bytes, stable_hash
 from manifests.shards import read_member
 from manifests.writer import Sample, commit_unit, unit_committed
 from models.checkpoints import config_hash as dataclass_hash
@@ -25,7 +25,7 @@ from models.metrics import ssim
 from models.singan import SinGANConfig, preset
 from tasks.errors import RejectError
 from tasks.singan import SinGANSampleConfig, derive_seed, regenerate_injected, ssim_to_source
-from tasks.targets import Edit
+from tasks.targets import Edit, prototype_centre
 from tasks.units import plan_split_units
 
 PACKAGE_VERSION = "0.1.0"
@@ -67,6 +67,8 @@ class ExpandJob:
     ganimation: str | None                 # GANimation checkpoint dir (editor "ganimation")
     editor: Literal["warp", "ganimation"] | None = "warp"  # None = no edits (SinGAN on the originals)
     au_shape: str | None = None            # fitted AU shape model JSON for the warp; None = the FACS default
+    source_aus: Literal["neutral", "label"] = "neutral"  # AUs the warp assumes for a source without measured AUs
+    source_aus_range: tuple[float, float] = (0.3, 0.6)   # "label": the prototype at the middle of this range
     ganimation_batch: int = 16
     regenerations: int = 2                 # M per edit (or per original when there are no edits)
     singan_preset: str = "fast"
@@ -203,6 +205,23 @@ def _source_landmarks(source: dict, image: np.ndarray) -> tuple[np.ndarray, str]
     return check_landmarks(points, image.shape[0]), "detector"
 
 
+def assumed_source_aus(source: dict, fallback: str,
+                       intensity_range: tuple[float, float] = (0.3, 0.6)) -> Sequence[float] | None:
+    """The AUs the warp starts from: the measured ones (OpenFace) when the row has them; otherwise None
+    (the editor reads it as all zero, a neutral face) or, with fallback "label", the EMFACS prototype centre
+    of the source's emotion label at the middle of intensity_range (the run plan's range). "label" suits peak-expression data without AU files (CK+): there a
+    happy face edited to surprise loses its smile instead of keeping it under the new expression."""
+    if source.get("au_source") is not None or fallback == "neutral":
+        return source.get("au_source")
+    if fallback != "label":
+        raise ValueError(f"source_aus fallback must be neutral or label, got {fallback!r}")
+    label = source.get("label")
+    if label not in EMOTIONS:
+        raise RejectError("warp", "missing_au_source",
+                          f"no measured AUs and label {label!r} is not an emotion id, so no prototype to assume")
+    return prototype_centre(int(label), intensity_range).tolist()
+
+
 def _warp_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: list[Edit], job: ExpandJob,
                versions: str, rejects: list[dict]) -> list[_Item]:
     """Apply every edit of the unit with the landmark warp; score and gate each output; bad input -> rejects."""
@@ -212,7 +231,8 @@ def _warp_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: l
         source = sources[edit.source_id]
         try:
             points, landmark_source = _source_landmarks(source, images[edit.source_id])
-            result = editor.edit(images[edit.source_id], points, source["au_source"], edit.au_target)
+            result = editor.edit(images[edit.source_id], points, assumed_source_aus(source, job.source_aus, job.source_aus_range),
+                                 edit.au_target)
             done.append((edit, result, landmark_source))
         except RejectError as err:
             rejects.append(err.as_row(edit.source_id))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -436,6 +437,10 @@ class BalanceConfig:
     wanted: label id -> weight (normalised here); None = uniform over the labels present in train.
     cap_per_source: at most this many balance edits per source.
     max_edits: optional cap on the total.
+    group_regex: optional pattern searched in each source_id; its first group (else the whole match) names the
+                 source's group, e.g. "(S[0-9]+)_" for CK+ subjects. A source is then not given a label that its
+                 group already shows in train (a person gets the expressions they lack); sources the pattern
+                 does not match are their own group.
     """
 
     wanted: Mapping[int, float] | None = None
@@ -443,6 +448,7 @@ class BalanceConfig:
     max_edits: int | None = None
     intensity_range: tuple[float, float] = DEFAULT_INTENSITY_RANGE
     jitter: float = 0.05
+    group_regex: str | None = None
 
     def __post_init__(self) -> None:
         if self.wanted is not None:
@@ -462,6 +468,21 @@ class BalanceConfig:
         _check_intensity_range("BalanceConfig.intensity_range", self.intensity_range)
         if not 0.0 <= self.jitter <= 0.5:
             raise ValueError(f"BalanceConfig.jitter={self.jitter}: must be in 0..0.5")
+        if self.group_regex is not None:
+            try:
+                re.compile(self.group_regex)
+            except re.error as err:
+                raise ValueError(f"BalanceConfig.group_regex={self.group_regex!r}: {err}") from None
+
+
+def source_group(source_id: str, pattern: str | None) -> str:
+    """The group a source belongs to under `pattern` (first group, else whole match); itself when unmatched."""
+    if pattern is None:
+        return source_id
+    match = re.search(pattern, source_id)
+    if match is None:
+        return source_id
+    return match.group(1) if match.groups() and match.group(1) is not None else match.group(0)
 
 
 def balance_targets(counts: Mapping[int, int], wanted: Mapping[int, float] | None = None) -> dict[int, int]:
@@ -500,6 +521,11 @@ def plan_balance(sources: Any, config: BalanceConfig = BalanceConfig(), run_seed
     targets = balance_targets(dict(counts), config.wanted) if train else {}
     deficits = {label: n - counts.get(label, 0) for label, n in targets.items()}
     order = sorted(train, key=lambda s: stable_hash([int(run_seed), "balance-order", s.source_id]))
+    # Labels a source must not get: its own, and with group_regex every label its group shows in train.
+    group_labels: dict[str, set[int]] = {}
+    for s in train:
+        group_labels.setdefault(source_group(s.source_id, config.group_regex), set()).add(s.label)  # type: ignore[arg-type]
+    taken = {s.source_id: group_labels[source_group(s.source_id, config.group_regex)] for s in train}
     given: dict[str, list[int]] = {s.source_id: [] for s in train}
     budget = sum(deficits.values()) if config.max_edits is None else min(config.max_edits, sum(deficits.values()))
     edits: list[Edit] = []
@@ -507,7 +533,7 @@ def plan_balance(sources: Any, config: BalanceConfig = BalanceConfig(), run_seed
         for source in order:
             if len(edits) >= budget:
                 break
-            label = _neediest(deficits, source.label, given[source.source_id])  # type: ignore[arg-type]
+            label = _neediest(deficits, taken[source.source_id], given[source.source_id])
             if label is None:
                 continue
             deficits[label] -= 1
@@ -520,9 +546,9 @@ def plan_balance(sources: Any, config: BalanceConfig = BalanceConfig(), run_seed
     return Plan(edits, rejects, notes)
 
 
-def _neediest(deficits: Mapping[int, int], own_label: int, given: list[int]) -> int | None:
-    """The label with the largest remaining deficit other than own_label; labels not yet given first."""
-    open_labels = [label for label, d in deficits.items() if d > 0 and label != own_label]
+def _neediest(deficits: Mapping[int, int], taken: set[int], given: list[int]) -> int | None:
+    """The label with the largest remaining deficit outside `taken`; labels not yet given first."""
+    open_labels = [label for label, d in deficits.items() if d > 0 and label not in taken]
     if not open_labels:
         return None
     fresh = [label for label in open_labels if label not in given] or open_labels

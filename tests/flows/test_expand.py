@@ -185,3 +185,20 @@ def test_warp_editor_end_to_end(prepared, tmp_path):
     again = expand(_settings(prepared, None, tmp_path, regenerations=1))
     assert again["skipped_units"] == again["units"]
     assert _comparable(tmp_path) == [{k: v for k, v in r.items() if k != "run_id"} for r in rows]
+
+
+def test_settings_added_later_leave_the_config_hash_of_older_runs_alone():
+    """source_aus and balance.group_regex at their defaults hash as before they existed (old outputs resume);
+    set, they change the hash."""
+    from manifests.schema import stable_hash
+
+    settings = ExpandSettings(prepared="p", out="o")
+    dump = settings.model_dump(mode="json", exclude={"device", "out", "fanout", "unit_deployment", "ganimation_batch",
+                                                     "source_aus"})
+    del dump["plan"]["balance"]["group_regex"]
+    assert settings.config_hash() == stable_hash(dump, 16)
+    label = ExpandSettings(prepared="p", out="o", source_aus="label")
+    grouped = ExpandSettings(prepared="p", out="o", plan=PlanSettings(kind="balance", balance={"group_regex": "(S[0-9]+)_"}))
+    plain = ExpandSettings(prepared="p", out="o", plan=PlanSettings(kind="balance"))
+    assert len({settings.config_hash(), label.config_hash(), grouped.config_hash(), plain.config_hash()}) == 4
+    assert label.job("r").source_aus == "label" and label.job("r").source_aus_range == (0.3, 0.6)

@@ -22,3 +22,39 @@ def test_prepared_data_from_before_the_landmark_columns_reads_as_no_landmarks(tm
     pq.write_table(old, part)
     (loaded,) = load_original_rows(tmp_path)
     assert loaded["landmarks"] is None and loaded["landmark_source"] == "none"
+
+
+def test_assumed_source_aus_measured_first_then_neutral_or_the_label_prototype():
+    import pytest
+
+    from tasks.errors import RejectError
+    from tasks.expand import assumed_source_aus
+    from tasks.targets import prototype_centre
+
+    measured = {"au_source": [0.2] * N_AUS, "label": 4}
+    assert assumed_source_aus(measured, "label") == [0.2] * N_AUS          # measured AUs always win
+    bare = {"au_source": None, "label": 4}                                   # Happiness, no AU file
+    assert assumed_source_aus(bare, "neutral") is None                      # the editor reads None as all zero
+    happy = np.asarray(assumed_source_aus(bare, "label", (0.6, 0.9)))
+    assert np.allclose(happy, prototype_centre(4, (0.6, 0.9))) and happy.max() == 0.75
+    with pytest.raises(RejectError, match="no measured AUs and label"):
+        assumed_source_aus({"au_source": None, "label": None}, "label")
+
+
+def test_label_prototype_undoes_the_source_expression_before_the_target():
+    """A smiling face edited to Happiness does not move with 'label' (it already shows it); with 'neutral' the
+    smile is added on top of itself."""
+    from models.au_shape import default_au_shape_model
+    from tasks.expand import assumed_source_aus
+    from tasks.targets import prototype_centre
+
+    model = default_au_shape_model()
+    rng = np.random.default_rng(0)
+    points = np.stack([rng.uniform(20, 76, 68), rng.uniform(20, 76, 68)], 1)
+    points[36:42] = [[30, 40]] * 6 + rng.normal(0, 1, (6, 2))                # eyes level, 36 px apart
+    points[42:48] = [[66, 40]] * 6 + rng.normal(0, 1, (6, 2))
+    target = prototype_centre(4, (0.6, 0.9))
+    row = {"au_source": None, "label": 4}
+    same = model.target_landmarks(points, np.asarray(assumed_source_aus(row, "label", (0.6, 0.9))), target)
+    stacked = model.target_landmarks(points, np.zeros(N_AUS), target)
+    assert np.abs(same - points).max() < 1e-3 < np.abs(stacked - points).max()

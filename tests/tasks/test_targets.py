@@ -18,6 +18,7 @@ from tasks.targets import (
     format_plan_summary,
     nearest_emotion,
     plan_balance,
+    source_group,
     plan_emotion,
     plan_interpolate,
     plan_single_au,
@@ -277,3 +278,28 @@ def test_summary_and_dry_run_text():
     assert "Fear" in text and "7 test sources untouched" in text
     combined = plan.extend(plan_single_au(sources))
     assert plan_summary(combined, sources)["edits_per_planner"] == {"emotion": len(plan.edits), "single_au": 14 * 36}
+
+
+def test_balance_with_group_regex_gives_people_only_emotions_they_lack():
+    # CK+-style ids: three people; S001 already shows Fear, so none of S001's faces may be edited to Fear.
+    shows = {"S001": [1, 2, 1, 1], "S002": [1, 1, 4, 4], "S003": [1, 6, 6, 1]}
+    sources = [{"source_id": f"{'x' * label}/{person}_00{i}_0001", "split": "train", "label": label, "au_source": None}
+               for person, labels in shows.items() for i, label in enumerate(labels)]
+    config = BalanceConfig(group_regex="(S[0-9]+)_", cap_per_source=3)
+    plan = plan_balance(sources, config, run_seed=0)
+    assert plan.edits
+    for edit in plan.edits:
+        person = source_group(edit.source_id, config.group_regex)
+        assert edit.label not in shows[person], (edit.source_id, edit.label)
+    # Without the pattern each source is its own group: S001's surprise faces do get Fear edits.
+    loose = plan_balance(sources, BalanceConfig(cap_per_source=3), run_seed=0)
+    assert any(source_group(e.source_id, "(S[0-9]+)_") == "S001" and e.label == 2 for e in loose.edits)
+
+
+def test_source_group_takes_the_first_group_else_the_match_else_the_id():
+    assert source_group("fear/S011_003_00000014", "(S[0-9]+)_") == "S011"
+    assert source_group("fear/S011_003_00000014", "S[0-9]+") == "S011"
+    assert source_group("train_0001", "(S[0-9]+)_") == "train_0001"
+    assert source_group("train_0001", None) == "train_0001"
+    with pytest.raises(ValueError, match="group_regex"):
+        BalanceConfig(group_regex="(unclosed")
