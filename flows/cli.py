@@ -180,11 +180,19 @@ def _expand_settings(args: argparse.Namespace):
     plan = {"kind": args.plan, "per_source": args.per_source}
     if args.emotions:
         plan["emotion"] = {"emotions": tuple(args.emotions)}
+    if args.intensity is not None:
+        if args.plan not in ("emotion", "balance", "interpolate"):
+            raise UsageError("--intensity applies to the emotion, balance and interpolate plans")
+        plan.setdefault(args.plan, {})["intensity_range"] = tuple(args.intensity)
+    if args.group_regex is not None:
+        if args.plan != "balance":
+            raise UsageError("--group-regex applies to --plan balance")
+        plan.setdefault("balance", {})["group_regex"] = args.group_regex
     gate = QualityGate(min_ssim_to_source=args.min_ssim, max_au_fidelity=args.max_au_fidelity,
                        attention_range=tuple(args.attention_range) if args.attention_range else None)
     return ExpandSettings(
         prepared=args.prepared, out=args.out, run_name=args.run_name, ganimation=args.ganimation,
-        editor=args.editor, au_shape=args.au_shape,
+        editor=args.editor, au_shape=args.au_shape, source_aus=args.source_aus,
         plan=PlanSettings(**plan), regenerations=args.regenerations, singan_preset=args.singan_preset,
         singan_start=args.singan_start, singan_noise_gain=args.singan_noise_gain,
         singan_train_on=args.singan_train_on, bank_size=args.bank_size, unit_size=args.unit_size, seed=args.seed,
@@ -259,12 +267,34 @@ def cmd_sifid(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_fer(args: argparse.Namespace) -> int:
-    from flows.evaluate_fer import evaluate_fer
     from tasks.fer import FERConfig
 
-    config = FERConfig(arch=args.arch, image_size_px=args.image_size, steps=args.steps, batch_size=args.batch_size,
-                       lr=args.lr, seed=args.seed, balanced=args.balanced, device=args.device)
-    print(json.dumps(evaluate_fer(args.original, args.expanded, args.out, config), indent=2, default=str))
+    config = FERConfig(arch=args.arch, width=args.width, image_size_px=args.image_size, steps=args.steps,
+                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, balanced=args.balanced,
+                       hflip=args.hflip, device=args.device)
+    if not (args.train or args.folds or args.seeds):
+        if args.expanded is None:
+            raise UsageError("give --expanded (originals vs expanded), or --train sets for a study")
+        from flows.evaluate_fer import evaluate_fer
+
+        print(json.dumps(evaluate_fer(args.original, args.expanded, args.out, config), indent=2, default=str))
+        return 0
+    from flows.evaluate_fer import evaluate_fer_study
+    from tasks.fer_study import StudyConfig, parse_training_set
+
+    specs = list(args.train) or ["originals=originals"] + ([f"expanded={args.expanded}"] if args.expanded else [])
+    try:
+        sets = [parse_training_set(t) for t in specs]
+        comparisons = [tuple(c.split(":", 1)) for c in args.compare] or None
+        if comparisons and any(len(c) != 2 for c in comparisons):
+            raise ValueError(f"--compare expects A:B, got {args.compare}")
+        study = StudyConfig(folds=args.folds, group_regex=args.group_regex, seeds=tuple(args.seeds or [args.seed]),
+                            fold_seed=args.fold_seed, fer=config)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    result = evaluate_fer_study(args.original, [f"{s.name}={s.describe()}" for s in sets], args.out, study,
+                                comparisons, args.workers)
+    print(json.dumps({"report": result["report"], "folds": result["folds"]}, indent=2))
     return 0
 
 
@@ -361,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--au-shape", help="AU shape model JSON for the warp (from fit-au-shape); default: FACS-authored")
     p.add_argument("--plan", default="emotion", choices=["none", "single_au", "interpolate", "emotion", "balance"],
                    help="AU targets per source; 'none' = no edits, SinGAN regenerations of the originals only")
+    p.add_argument("--source-aus", default="neutral", choices=["neutral", "label"],
+                   help="AUs the warp assumes for a source without measured AUs: neutral (all zero) or label (the "
+                        "EMFACS prototype of its emotion label; for peak-expression data without AU files, e.g. CK+)")
+    p.add_argument("--intensity", type=_float_in(0.0, 1.0), nargs=2, metavar=("LO", "HI"),
+                   help="emotion/balance/interpolate plans: AU intensity range of the targets (0..1; default 0.3 0.6)")
+    p.add_argument("--group-regex", help="balance plan: regex whose first group in source_id names a person (e.g. "
+                                         "'^(S[0-9]+)_' for CK+); a person only gets emotions they do not show")
     p.add_argument("--per-source", type=_positive_int, default=3, help="N: edits kept per source (seeded choice)")
     p.add_argument("--emotions", type=int, nargs="+", help="emotion ids the emotion plan may target (default all)")
     p.add_argument("--regenerations", "-M", type=int, default=2, help="M SinGAN regenerations per edit (0: edits only)")
@@ -427,9 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate-fer", help="train the same FER classifier on originals vs expanded data and compare",
                        description="Two runs with the same seed and step budget, evaluated on the original test split: "
-                                   "accuracy, mean per-class recall and confusion matrices side by side.")
+                                   "accuracy, mean per-class recall and confusion matrices side by side. With --train "
+                                   "sets, --folds or --seeds: a study of several training sets over k folds by person "
+                                   "and several seeds, with paired comparisons (fer_study.md).")
     p.add_argument("--original", required=True, help="prepared output root (originals; its test split is the benchmark)")
-    p.add_argument("--expanded", required=True, help="expanded output root")
+    p.add_argument("--expanded", help="expanded output root (the two-run comparison)")
     p.add_argument("--out", required=True, help="folder for fer_report.md / .json")
     p.add_argument("--arch", default="resnet18", choices=["resnet18", "small_cnn"])
     p.add_argument("--image-size", type=int, default=64)
@@ -438,6 +477,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--balanced", action="store_true", help="class-balanced sampling")
+    p.add_argument("--width", type=_positive_int, default=32, help="small_cnn: channels of the first block")
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
+                   help="random horizontal flips for every set (a study's 'aug' sets flip anyway)")
+    p.add_argument("--train", action="append", default=[], metavar="NAME=PART[+PART...]",
+                   help="a training set of a study (repeatable); PART: originals, aug, or PATH[:stage,...], "
+                        "e.g. d=originals+runs/edits:warp+aug")
+    p.add_argument("--folds", type=int, default=0, help="k >= 2: k-fold split by --group-regex (0: the split column)")
+    p.add_argument("--group-regex", help="first group in source_id names a person, e.g. '(S[0-9]+)_' for CK+")
+    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed per set per fold (default: --seed)")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment")
+    p.add_argument("--compare", action="append", default=[], metavar="A:B",
+                   help="paired comparison of set B against set A (repeatable; default: every set vs the first)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="training processes (one torch thread each)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_evaluate_fer)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.fer_study import StudyConfig, parse_training_set, run_study
 from tasks.fer import (
     RUNS,
     FERConfig,
@@ -53,14 +54,44 @@ def evaluate_fer(original: str, expanded: str, out: str, config: FERConfig = FER
     return {"data": data, "runs": results, "report": paths}
 
 
-def _publish_artifact(report_md: Path) -> None:
+def _publish_artifact(report_md: Path, key: str = "fer-report") -> None:
     """Attach the report to the flow run in the Prefect UI (best effort: a report never fails a run)."""
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(markdown=report_md.read_text(), key="fer-report", description="FER evaluation")
+        create_markdown_artifact(markdown=report_md.read_text(), key=key, description="FER evaluation")
     except Exception as exc:  # pragma: no cover - depends on the Prefect backend
         get_run_logger().warning(f"could not publish the FER report artifact: {exc}")
 
 
-__all__ = ["evaluate_fer"]
+@task(name="fer-study", cache_policy=NO_CACHE)
+def fer_study_task(original: str, sets: list[str], out: str, config: StudyConfig,
+                   comparisons: list[tuple[str, str]] | None, workers: int) -> dict:
+    logger = get_run_logger()
+
+    def log(result: dict) -> None:
+        logger.info(f"fold {result['fold']} seed {result['seed']} {result['set']}: accuracy {result['accuracy']:.3f}, "
+                    f"mean recall {result['mean_recall']:.3f} ({result['n_train']} training images)")
+
+    return run_study(original, [parse_training_set(t) for t in sets], config, out, comparisons,
+                     on_result=log, workers=workers)
+
+
+@flow(name="evaluate-fer-study", log_prints=True)
+def evaluate_fer_study(original: str, sets: list[str], out: str, config: StudyConfig = StudyConfig(),
+                       comparisons: list[tuple[str, str]] | None = None, workers: int = 1) -> dict:
+    """Several training sets (`NAME=PART+PART...`, see tasks.fer_study), k folds by person x several seeds,
+    scored on held-out originals; writes fer_study.md / fer_study.json and runs/ (resumable) into `out`."""
+    # 1. Check the set specs before anything is read or trained.
+    parsed = [parse_training_set(t) for t in sets]
+
+    # 2. Train and score every (fold, seed, set); results are saved as they finish, a re-run reuses them.
+    result = fer_study_task(original, [f"{s.name}={s.describe()}" for s in parsed], out, config, comparisons, workers)
+
+    # 3. Attach the summary to the flow run.
+    _publish_artifact(Path(result["report"]["markdown"]), key="fer-study")
+    print(f"FER study: {result['report']['markdown']}")
+    return result
+
+
+__all__ = ["evaluate_fer", "evaluate_fer_study"]

@@ -41,6 +41,7 @@ class FERConfig:
     """
 
     arch: str = "resnet18"          # "resnet18" (from scratch) or "small_cnn" (fast on a CPU)
+    width: int = 32                 # small_cnn: channels of its first block (then x2, x4, x8)
     image_size_px: int = 64         # images are resized to this square size
     steps: int = 3000               # optimisation steps per run
     batch_size: int = 64
@@ -55,7 +56,7 @@ class FERConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        for name in ("image_size_px", "steps", "batch_size"):
+        for name in ("image_size_px", "steps", "batch_size", "width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size_px < 16:
@@ -71,11 +72,12 @@ class FERConfig:
 # --- networks -----------------------------------------------------------------------------------------
 
 
-def _small_cnn() -> nn.Module:
-    """Four conv-BN-ReLU-maxpool blocks (32..256 channels), global average pool, linear: ~0.4 M parameters."""
+def _small_cnn(width: int = 32) -> nn.Module:
+    """Four conv-BN-ReLU-maxpool blocks (width..8 x width channels), global average pool, linear: ~0.4 M
+    parameters at width 32, ~0.1 M at width 16 (4x fewer multiply-adds: suited to 48 px faces on a CPU)."""
     layers: list[nn.Module] = []
     channels_in = 3
-    for channels in (32, 64, 128, 256):
+    for channels in (width, 2 * width, 4 * width, 8 * width):
         layers += [nn.Conv2d(channels_in, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
                    nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         channels_in = channels
@@ -85,7 +87,7 @@ def _small_cnn() -> nn.Module:
 def build_classifier(config: FERConfig) -> nn.Module:
     """A freshly initialised 7-way classifier (no pretrained weights: none exist offline)."""
     if config.arch == "small_cnn":
-        return _small_cnn()
+        return _small_cnn(config.width)
     import torchvision
 
     model = torchvision.models.resnet18(weights=None, num_classes=N_CLASSES)
@@ -163,14 +165,25 @@ def train_classifier(dataset: ManifestDataset, config: FERConfig, desc: str = "t
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=ResizeCollate(config.image_size_px),
                         num_workers=config.num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(config.seed))
+    return fit_classifier(model, loader, config, desc=desc, losses=losses)
+
+
+def fit_classifier(model: nn.Module, batches, config: FERConfig, desc: str = "train",
+                   losses: list[float] | None = None, augment=None) -> nn.Module:
+    """The training loop every FER run shares: config.steps batches of (images [B, 3, S, S] 0..1, classes [B]),
+    optional flips (config.hflip) and an optional batch augmentation `augment(images) -> images`, AdamW with
+    warm-up and cosine decay; returns the model in eval mode."""
+    device = next(model.parameters()).device
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, _warmup_cosine(config.steps))
     flips = torch.Generator().manual_seed(config.seed + 1)  # CPU generator: the same flips on any device
     model.train()
-    for images, classes in tqdm(loader, total=config.steps, desc=desc, mininterval=1.0):
+    for images, classes in tqdm(batches, total=config.steps, desc=desc, mininterval=1.0, leave=False):
         if config.hflip:
             flip = torch.rand(images.shape[0], generator=flips) < 0.5  # [B]
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        if augment is not None:
+            images = augment(images)
         images = images.to(device, non_blocking=True) * 2.0 - 1.0  # 0..1 -> -1..1
         loss = F.cross_entropy(model(images), classes.to(device))
         optimiser.zero_grad(set_to_none=True)
@@ -197,6 +210,11 @@ def evaluate_classifier(model: nn.Module, dataset: ManifestDataset, config: FERC
     for images, classes in loader:
         predicted = model(images.to(device) * 2.0 - 1.0).argmax(dim=1).cpu()  # [B]
         confusion += torch.bincount(classes * N_CLASSES + predicted, minlength=N_CLASSES ** 2).view(N_CLASSES, N_CLASSES)
+    return metrics_from_confusion(confusion)
+
+
+def metrics_from_confusion(confusion: torch.Tensor) -> dict[str, Any]:
+    """Accuracy, per-class recall (None for an absent class), mean recall over present classes, support."""
     support = confusion.sum(dim=1)  # [7] test images per true class
     recall = [int(confusion[k, k]) / int(support[k]) if support[k] else None for k in range(N_CLASSES)]
     present = [r for r in recall if r is not None]

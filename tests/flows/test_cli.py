@@ -41,6 +41,32 @@ def test_expand_settings_from_flags(tmp_path):
         _expand_settings(bad)
 
 
+def test_expand_study_flags_reach_the_settings():
+    from flows.cli import UsageError, _expand_settings
+
+    args = build_parser().parse_args(["expand", "p", "--out", "o", "--plan", "balance", "--group-regex", "(S[0-9]+)_",
+                                      "--source-aus", "label", "--intensity", "0.6", "0.9", "-M", "0"])
+    settings = _expand_settings(args)
+    assert settings.source_aus == "label" and settings.plan.balance.group_regex == "(S[0-9]+)_"
+    assert settings.plan.balance.intensity_range == (0.6, 0.9) and settings.job("r").source_aus_range == (0.6, 0.9)
+    for flags, message in ((["--plan", "emotion", "--group-regex", "x"], "--plan balance"),
+                           (["--plan", "single_au", "--intensity", "0.1", "0.2"], "--intensity applies")):
+        with pytest.raises(UsageError, match=message):
+            _expand_settings(build_parser().parse_args(["expand", "p", "--out", "o", *flags]))
+
+
+def test_evaluate_fer_study_errors_exit_2_before_any_work(tmp_path, capsys):
+    out = tmp_path / "study"
+    for flags, message in ((["--train", "a=originals", "--train", "b=originals+aug", "--compare", "a-b"], "A:B"),
+                           (["--train", "a=nope:wrap"], "unknown stage"),
+                           (["--train", "a=originals", "--folds", "1"], "folds must be 0")):
+        assert main(["evaluate-fer", "--original", str(tmp_path), "--out", str(out), *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["evaluate-fer", "--original", str(tmp_path), "--out", str(out)]) == 2
+    assert "--expanded" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_prepare_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
     sample = build_sample_dataset(tmp_path / "sample")
     out = tmp_path / "out"
