@@ -515,8 +515,8 @@ def render_study(summary: Mapping[str, Any], info: Mapping[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{v['accuracy']:.3f} / {v['mean_recall']:.3f}"
                                                  for v in row["per_fold"].values()) + " |")
     if summary["comparisons"]:
-        lines += ["", "## Paired comparisons (b - a, same fold and seed)", "",
-                  "| a | b | metric | mean diff | sd | wins / ties / losses | p (t-test over fold means) |",
+        lines += ["", "## Paired comparisons: second set minus first, runs of the same fold and seed", "",
+                  "| first | second | metric | mean diff | sd | wins / ties / losses | p (t-test over fold means) |",
                   "|---|---|---|---|---|---|---|"]
         for c in summary["comparisons"]:
             p = "n/a" if c["p_value"] is None else f"{c['p_value']:.3f}"

@@ -21,17 +21,9 @@ from tasks.fer_study import (
     parse_training_set, plan_folds, run_study, summarise,
 )
 from tests.conftest import shared_data_dir
-from tests.tasks.test_fer import IMAGE_PX, _sample
+from tests.tasks.test_fer import IMAGE_PX, _sample, one_thread  # noqa: F401  (one torch thread, autouse)
 
 PERSON = r"-(\d+)$"   # the test sources are "<split>-<label>-<person>": every person shows every label
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _edit_of(original: Sample, label: int, stage: str = "warp") -> Sample:
