@@ -182,6 +182,7 @@ class InMemoryAUDataset(torch.utils.data.Dataset):
         items = [source[i] for i in range(len(source))]
         self.images = torch.stack([image for image, _ in items])        # [N, 3, S, S] in [-1, 1]
         self.aus = torch.stack([aus for _, aus in items]).float()       # [N, 17] in 0..1
+        self.landmarks = source.landmarks                               # [N, 68, 2], NaN where a face has none
         self.source_ids = [source.base.rows[i]["source_id"] for i in source.index]
 
     def __len__(self) -> int:

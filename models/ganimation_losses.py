@@ -81,6 +81,15 @@ def attention_tv(attention: torch.Tensor) -> torch.Tensor:
     return (dx + dy).mean()
 
 
+def teacher_l1(edited: torch.Tensor, teacher: torch.Tensor, has_teacher: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error between G(x, y_target) and a teacher's edit of the same (x, y_target) pair, over the
+    faces that have a teacher (has_teacher [B] bool); 0 when none has one. Not in the paper: the supervised
+    term of the warp teacher (tasks.train_ganimation)."""
+    if not bool(has_teacher.any()):
+        return edited.sum() * 0.0
+    return (edited[has_teacher] - teacher[has_teacher]).abs().mean()
+
+
 def critic_loss(
     real_scores: torch.Tensor,
     fake_scores: torch.Tensor,

@@ -16,6 +16,7 @@ from benchmarks.ganimation_bench import (
     emotion_sheet,
     evaluate_edits,
     format_report,
+    load_split,
     run_benchmark,
     tolerant_pixel_distance,
 )
@@ -68,6 +69,10 @@ def test_data_goes_through_ingest_and_prepare_with_held_out_identities(tiny_data
     # The manifest's AUs are the rendered ones, read back from the OpenFace CSVs.
     for r in table:
         np.testing.assert_allclose(r["au_source"], tiny_data.true_aus[r["source_id"]], atol=1e-3)
+    # The training view carries each face's 68 landmarks (the warp teacher's input), in its own crop.
+    train = load_split(tiny_data, TINY.image_size_px, "train")
+    assert train.landmarks.shape == (len(train), 68, 2) and bool(np.isfinite(train.landmarks.numpy()).all())
+    assert 0 <= float(train.landmarks.min()) and float(train.landmarks.max()) < TINY.image_size_px
 
 
 def test_eval_set_is_seeded_and_its_masks_cover_what_the_target_changes(tiny_data):
