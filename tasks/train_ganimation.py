@@ -42,7 +42,9 @@ class TrainGANimationConfig:
     adam_betas: tuple[float, float] = (0.5, 0.999)
     critic_steps_per_generator_step: int = 5
     lr_decay_fraction: float = 1 / 3  # the lr falls linearly to 0 over this last fraction of the epochs
-    target_noise: float = 0.1  # targets = another sample's AUs + U(-noise, noise), then clamped to [0, 1]
+    # targets = another sample's AUs + U(-noise, noise), then clamped to [0, 1]. The clamp is a project choice,
+    # not a published setting: the official code does not clamp sampled targets.
+    target_noise: float = 0.1
     horizontal_flip: bool = True
     init_std: float = 0.02  # N(0, std) conv init, as the official code
     checkpoint_every_epochs: int = 1  # the last epoch is always checkpointed
@@ -177,6 +179,9 @@ def critic_step(
 ) -> dict[str, float]:
     """One critic update: WGAN-GP on real vs edited images + AU regression on the real ones.
 
+    The gradient penalty is part of the same loss and the same Adam step (as ganimation_replicate and
+    standard WGAN-GP); the official code takes a separate Adam step for the penalty after this one.
+
     fake: G(real, target_aus) if the caller already has it (it is detached here).
     views: the critic's augmentation of this step (real: view 0, fake: view 1); the penalty is taken
         between the augmented images.
@@ -285,7 +290,8 @@ def sample_targets(
     aus_table: torch.Tensor, index: torch.Tensor, noise: float, rng: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets for samples `index`: the AUs of another training sample + U(-noise, noise), clamped to
-    the valid 0..1 range. Returns (targets [B, n_aus], the partner indices [B])."""
+    the valid 0..1 range (a project choice: the official code leaves them unclamped, so its targets can
+    fall slightly outside 0..1). Returns (targets [B, n_aus], the partner indices [B])."""
     n, n_aus = aus_table.shape
     partner = (index + torch.randint(1, n, (len(index),), generator=rng)) % n  # never the sample itself
     jitter = (torch.rand(len(index), n_aus, generator=rng) * 2 - 1) * noise
