@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warp-teacher", type=float, default=0.0, metavar="WEIGHT",
                    help="weight of the L1 term toward the landmark warp's edit of each (face, target) pair, held for "
                         "the first half of training, then down to 0.1x (default 0: off, the published setting; "
-                        "10 for CPU-sized models); faces without landmarks get no term")
+                        "the synthetic benchmark uses 100); faces without landmarks get no term")
     p.add_argument("--warp-teacher-au-shape", default=None, help="AU shape model JSON for the teacher's warp")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
