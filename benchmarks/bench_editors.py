@@ -2,7 +2,7 @@
 GANimation taught by the warp, and warp+GANimation, scored on the same held-out faces and targets by the
 independent oracle and the pixel judges.
 
-    .venv/bin/python benchmarks/bench_editors.py --config LEARNING_TEST --out runs/editors   # two trainings, ~1 CPU h
+    .venv/bin/python benchmarks/bench_editors.py --config LEARNING_TEST --out runs/editors   # two LEARNING_TEST trainings
     .venv/bin/python benchmarks/bench_editors.py --config LEARNING_TEST --no-scratch         # taught + warp only
     .venv/bin/python benchmarks/bench_editors.py --config SMOKE --out runs/editors-smoke     # minutes: plumbing only
     .venv/bin/python benchmarks/bench_editors.py --config LEARNING_TEST --no-ganimation      # warp only, ~8 min
