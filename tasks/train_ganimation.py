@@ -491,6 +491,10 @@ def _write_or_check_run_config(out_dir: Path, run_config: dict[str, Any]) -> Non
     path = out_dir / RUN_CONFIG_FILE
     if path.exists():
         existing = json.loads(path.read_text())
+        # A run written before a config field existed recorded no value for it: read it with the field's
+        # default (e.g. warp_teacher_weight 0), so it still resumes.
+        if isinstance(existing.get("train"), dict):
+            existing["train"] = config_to_dict(train_config_from_dict(existing["train"]))
         if existing != run_config:
             raise ValueError(f"{path} holds a different training config; use a new out_dir\n"
                              f"existing: {existing}\nthis run: {run_config}")

@@ -309,3 +309,15 @@ def test_a_dataset_without_landmarks_trains_with_the_term_skipped(tmp_path, capl
         history = train_ganimation(_dataset(), dataclasses.replace(CONFIG, warp_teacher_weight=5.0), tmp_path, epochs=1)
     assert "no landmarks" in caplog.text
     assert history[0]["teacher_coverage"] == 0.0 and history[0]["g_teacher"] == 0.0
+
+
+def test_a_run_written_before_the_teacher_fields_still_resumes(tmp_path):
+    train_ganimation(_dataset(), CONFIG, tmp_path, epochs=1, seed=0)
+    path = tmp_path / "train_config.json"
+    old = json.loads(path.read_text())
+    for key in [k for k in old["train"] if k.startswith("warp_teacher")]:
+        del old["train"][key]
+    path.write_text(json.dumps(old))
+    assert [r["epoch"] for r in train_ganimation(_dataset(), CONFIG, tmp_path, epochs=2, seed=0)] == [1, 2]
+    with pytest.raises(ValueError, match="different training config"):  # a real change is still refused
+        train_ganimation(_dataset(), dataclasses.replace(CONFIG, warp_teacher_weight=1.0), tmp_path, epochs=3, seed=0)
