@@ -3,41 +3,95 @@
     .venv/bin/python benchmarks/bench_ganimation_learning.py --config LONG --out runs/gan_long   # ~35 min, 1 core
     .venv/bin/python benchmarks/bench_ganimation_learning.py --config LEARNING_TEST              # the slow test's run
     .venv/bin/python benchmarks/bench_ganimation_learning.py --config LONG --out runs/gan_long --sheet sheet.png
+    .venv/bin/python benchmarks/bench_ganimation_learning.py --config PUBLISHED --out runs/gan_pub  # on CUDA when present
 
 Builds the synthetic faces through ingest + prepare, trains the independent AU oracle, trains GANimation,
 and every few epochs edits held-out identities towards random targets. ratio = oracle error of the
 edits / oracle error of the unedited inputs (lower is better; the ceiling is a perfect re-render).
+
+PUBLISHED is the paper's size: 128 px, conv_dim 64, 6 residual blocks, batch 25, 5 critic steps per generator
+step, Adam 1e-4 (the defaults of TrainGANimationConfig), without the warp teacher unless --warp-teacher is given.
+It is meant for a GPU: --device defaults to cuda when one is present.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ganimation_bench import CONFIGS, format_report, run_benchmark, write_emotion_sheet  # noqa: E402
+from benchmarks.ganimation_bench import (  # noqa: E402
+    BENCH_ORACLE,
+    CONFIGS,
+    GANimationBenchConfig,
+    format_report,
+    run_benchmark,
+    write_emotion_sheet,
+)
+from benchmarks.oracle import small_oracle_config  # noqa: E402
+from models.ganimation import GANimationConfig  # noqa: E402
+from tasks.synthetic import RenderConfig  # noqa: E402
+from tasks.train_ganimation import TrainGANimationConfig  # noqa: E402
+
+
+def published_config(image_size_px: int = 128, conv_dim: int = 64, repeat_num: int = 6, critic_conv_dim: int = 64,
+                     critic_layers: int = 6, batch_size: int = 25, critic_steps: int = 5, epochs: int = 30,
+                     n_identities: int = 4000, per_identity: int = 2, oracle_n_train: int = 8000,
+                     oracle_epochs: int = 10, n_eval: int = 200, eval_every_epochs: int = 3,
+                     warp_teacher_weight: float = 0.0, threads: int = 1) -> GANimationBenchConfig:
+    """The published-size GANimation on the synthetic benchmark (defaults: the paper's model and schedule); the
+    arguments exist so a test can run the same code path a few steps on CPU at a tiny size."""
+    model = GANimationConfig(image_size_px=image_size_px, conv_dim=conv_dim, repeat_num=repeat_num,
+                             critic_conv_dim=critic_conv_dim, critic_layers=critic_layers)
+    train = TrainGANimationConfig(model=model, batch_size=batch_size, critic_steps_per_generator_step=critic_steps,
+                                  warp_teacher_weight=warp_teacher_weight)
+    oracle = dataclasses.replace(BENCH_ORACLE, model=small_oracle_config(image_size_px),
+                                 render=RenderConfig(image_size_px), epochs=oracle_epochs)
+    return GANimationBenchConfig(name="PUBLISHED", train=train, epochs=epochs, oracle=oracle,
+                                 oracle_n_train=oracle_n_train, n_identities=n_identities, per_identity=per_identity,
+                                 n_eval=n_eval, eval_every_epochs=eval_every_epochs, threads=threads)
+
+
+PUBLISHED = published_config()
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def show(row: dict) -> None:
+    print(f"epoch {row['epoch']:3d}  gen steps {row['generator_steps']:5d}  train {row['train_seconds']:6.0f} s  "
+          f"ratio {row['ratio']:.3f}  pixel ratio {row['pixel_ratio']:.3f} (tolerant {row['pixel_ratio_tolerant']:.3f})  "
+          f"attention {row['attention_mean']:.3f}  outside {row['outside_diff']:.4f}  inside {row['inside_diff']:.4f}",
+          flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="LONG")
+    parser.add_argument("--config", choices=sorted([*CONFIGS, "PUBLISHED"]), default="LONG")
     parser.add_argument("--out", default=None, help="run folder (default: a temporary folder, removed at the end)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    parser.add_argument("--warp-teacher", type=float, default=None, metavar="WEIGHT",
+                        help="override the config's warp-teacher weight (PUBLISHED: 0, off)")
     parser.add_argument("--sheet", default=None, help="also write an emotion-edit contact sheet PNG here")
     args = parser.parse_args()
-    config = CONFIGS[args.config]
-
-    def show(row: dict) -> None:
-        print(f"epoch {row['epoch']:3d}  gen steps {row['generator_steps']:5d}  train {row['train_seconds']:6.0f} s  "
-              f"ratio {row['ratio']:.3f}  pixel ratio {row['pixel_ratio']:.3f} (tolerant {row['pixel_ratio_tolerant']:.3f})  attention {row['attention_mean']:.3f}  "
-              f"outside {row['outside_diff']:.4f}  inside {row['inside_diff']:.4f}", flush=True)
+    config = PUBLISHED if args.config == "PUBLISHED" else CONFIGS[args.config]
+    if args.epochs is not None:
+        config = dataclasses.replace(config, epochs=args.epochs, eval_every_epochs=min(config.eval_every_epochs, args.epochs))
+    if args.warp_teacher is not None:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, warp_teacher_weight=args.warp_teacher))
+    device = args.device or default_device()
 
     with tempfile.TemporaryDirectory(prefix="ganimation-bench-") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
-        print(f"config {config.name}: {config}\nrun folder {out}", flush=True)
-        report = run_benchmark(config, out, device=args.device, progress=False, on_eval=show)
+        print(f"config {config.name} on {device}: {config}\nrun folder {out}", flush=True)
+        report = run_benchmark(config, out, device=device, progress=False, on_eval=show)
         print("\n" + format_report(report))
         if args.sheet:
             print(f"emotion contact sheet: {write_emotion_sheet(out, config, args.sheet)}")

@@ -238,7 +238,8 @@ def cmd_train_ganimation(args: argparse.Namespace) -> int:
 
     model = GANimationConfig(image_size_px=args.image_size, conv_dim=args.conv_dim, repeat_num=args.repeat_num,
                              upsample=args.upsample)
-    train = TrainGANimationConfig(model=model, batch_size=args.batch_size)
+    train = TrainGANimationConfig(model=model, batch_size=args.batch_size, warp_teacher_weight=args.warp_teacher,
+                                  warp_teacher_au_shape=args.warp_teacher_au_shape)
     settings = TrainGANimationSettings(prepared=args.prepared, out=args.out, epochs=args.epochs, seed=args.seed,
                                        train=train, device=args.device)
     print(json.dumps(train_ganimation_flow(settings), indent=2))
@@ -384,10 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Re-running on the same --out resumes and never duplicates.")
     p.add_argument("prepared", help="output root of `singanimation prepare`")
     p.add_argument("--out", required=True, help="output root of the expanded dataset")
-    p.add_argument("--editor", choices=["warp", "ganimation"], default=None,
-                   help="who edits: the landmark warp (no training) or GANimation; default: ganimation when "
-                        "--ganimation is given, else warp")
-    p.add_argument("--ganimation", help="GANimation checkpoint dir (trained or imported), for --editor ganimation")
+    p.add_argument("--editor", choices=["warp", "ganimation", "warp+ganimation"], default=None,
+                   help="who edits: the landmark warp (no training), GANimation, or warp+ganimation (the warp, then "
+                        "GANimation from the warped face toward the same target; stage 'ganimation'); default: "
+                        "ganimation when --ganimation is given, else warp")
+    p.add_argument("--ganimation", help="GANimation checkpoint dir (trained or imported), for --editor ganimation "
+                                        "or warp+ganimation")
     p.add_argument("--au-shape", help="AU shape model JSON for the warp (from fit-au-shape); default: FACS-authored")
     p.add_argument("--plan", default="emotion", choices=["none", "single_au", "interpolate", "emotion", "balance"],
                    help="AU targets per source; 'none' = no edits, SinGAN regenerations of the originals only")
@@ -436,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-num", type=int, default=6)
     p.add_argument("--upsample", default="transposed", choices=["transposed", "resize_conv"])
     p.add_argument("--batch-size", type=int, default=25)
+    p.add_argument("--warp-teacher", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of the L1 term toward the landmark warp's edit of each (face, target) pair, held for "
+                        "the first half of training, then down to 0.1x (default 0: off, the published setting; "
+                        "the synthetic benchmark uses 100); faces without landmarks get no term")
+    p.add_argument("--warp-teacher-au-shape", default=None, help="AU shape model JSON for the teacher's warp")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_train_ganimation)

@@ -72,10 +72,11 @@ class ExpandSettings(BaseModel):
     prepared: str = Field(description="output root of `singanimation prepare`")
     out: str = Field(description="output root of the expanded dataset")
     run_name: str = Field("expand", pattern=r"^[A-Za-z0-9_-]+$")
-    editor: Literal["warp", "ganimation"] | None = Field(
-        None, description="who makes the AU edits: 'warp' (landmark editor, no training) or 'ganimation'; "
+    editor: Literal["warp", "ganimation", "warp+ganimation"] | None = Field(
+        None, description="who makes the AU edits: 'warp' (landmark editor, no training), 'ganimation', or "
+                          "'warp+ganimation' (the warp, then GANimation from the warped face toward the same target); "
                           "default: ganimation when a checkpoint is given, else warp")
-    ganimation: str | None = Field(None, description="GANimation checkpoint dir (editor 'ganimation')")
+    ganimation: str | None = Field(None, description="GANimation checkpoint dir (editors 'ganimation', 'warp+ganimation')")
     au_shape: str | None = Field(None, description="AU shape model JSON for the warp (fit-au-shape); default: FACS-authored")
     source_aus: Literal["neutral", "label"] = Field(
         "neutral", description="AUs the warp assumes for a source without measured AUs (no OpenFace file): "
@@ -111,18 +112,26 @@ class ExpandSettings(BaseModel):
             _singan(self)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"singan_overrides {self.singan_overrides}: {exc}") from exc
-        if self.plan.kind != "none" and self.resolved_editor() == "ganimation" and self.ganimation is None:
-            raise ValueError("editor 'ganimation' needs a GANimation checkpoint: give `ganimation`, or use the "
-                             "landmark editor (editor='warp', no training needed)")
+        if self.uses_ganimation() and self.ganimation is None:
+            raise ValueError(f"editor {self.resolved_editor()!r} needs a GANimation checkpoint: give `ganimation`, or "
+                             "use the landmark editor (editor='warp', no training needed)")
         if self.plan.kind == "none" and self.regenerations == 0:
             raise ValueError("nothing to generate: plan.kind='none' and regenerations=0")
         return self
 
-    def resolved_editor(self) -> Literal["warp", "ganimation"] | None:
+    def resolved_editor(self) -> Literal["warp", "ganimation", "warp+ganimation"] | None:
         """The editor this run uses: None without edits, else the chosen one (ganimation when a checkpoint is given)."""
         if self.plan.kind == "none":
             return None
         return self.editor or ("ganimation" if self.ganimation else "warp")
+
+    def uses_ganimation(self) -> bool:
+        return self.resolved_editor() in ("ganimation", "warp+ganimation")
+
+    def edit_stage(self) -> str | None:
+        """The manifest stage of the edits: "warp", or "ganimation" (GANimation made the last change)."""
+        editor = self.resolved_editor()
+        return "ganimation" if self.uses_ganimation() else editor
 
     def plan_intensity_range(self) -> tuple[float, float]:
         """The intensity range of the run's emotion targets (single-AU sweeps have none: the default)."""
@@ -142,7 +151,7 @@ class ExpandSettings(BaseModel):
     def job(self, run_id: str) -> ExpandJob:
         return ExpandJob(
             prepared=self.prepared, out=self.out, run_name=self.run_name, run_id=run_id,
-            ganimation=self.ganimation if self.resolved_editor() == "ganimation" else None,
+            ganimation=self.ganimation if self.uses_ganimation() else None,
             editor=self.resolved_editor(), au_shape=self.au_shape, source_aus=self.source_aus,
             source_aus_range=self.plan_intensity_range(), ganimation_batch=self.ganimation_batch,
             regenerations=self.regenerations, singan_preset=self.singan_preset,
@@ -237,7 +246,7 @@ def describe_plan(settings: ExpandSettings) -> dict:
     return {
         "config_hash": settings.config_hash(),
         "samples_per_stage": {"original": len(train) + (len(rows) - len(train) if settings.test_split == "copy" else 0),
-                              settings.resolved_editor() or "edits": len(plan.edits), "singan": regenerations},
+                              settings.edit_stage() or "edits": len(plan.edits), "singan": regenerations},
         "edits_per_kind": summary["edits_per_kind"],
         "train_labels_before": summary["labels_before"],
         "train_labels_after": {name: summary["labels_after"][name] * (1 + settings.regenerations)
@@ -247,8 +256,8 @@ def describe_plan(settings: ExpandSettings) -> dict:
         "work_units": len(units),
         "compute": {
             "editor": settings.resolved_editor() or "none",
-            "ganimation_forwards": len(plan.edits) if settings.resolved_editor() == "ganimation" else 0,
-            "warp_edits": len(plan.edits) if settings.resolved_editor() == "warp" else 0,
+            "ganimation_forwards": len(plan.edits) if settings.uses_ganimation() else 0,
+            "warp_edits": len(plan.edits) if settings.resolved_editor() in ("warp", "warp+ganimation") else 0,
             "singan_train_on": settings.singan_train_on,
             "singan_banks": -(-trainings // settings.bank_size),
             **singan_compute(_singan(settings), image_px, trainings),
@@ -269,7 +278,7 @@ def check_expand_inputs(settings: ExpandSettings) -> list[dict]:
         raise StartError(f"{settings.prepared} is not a prepared output (no manifest/ folder): give the --out "
                          "folder of `singanimation prepare`")
     refuse_out_inside(settings.out, settings.prepared, "prepared dataset")
-    if settings.resolved_editor() == "ganimation":
+    if settings.uses_ganimation():
         from models.checkpoints import CheckpointError
         from tasks.ganimation import load_ganimation
 
@@ -403,7 +412,9 @@ def _expand_locked(settings: ExpandSettings, rows: list[dict], config_hash: str,
              f"{len(retired)} stale units retired",
              f"editor: {settings.resolved_editor() or 'none'}"
              + (f" ({settings.ganimation})" if settings.resolved_editor() == "ganimation" else
-                f" (AU shape model: {settings.au_shape or 'FACS default'})" if settings.resolved_editor() == "warp" else "")
+                f" (AU shape model: {settings.au_shape or 'FACS default'})" if settings.resolved_editor() == "warp" else
+                f" (AU shape model: {settings.au_shape or 'FACS default'}, then {settings.ganimation})"
+                if settings.resolved_editor() == "warp+ganimation" else "")
              + f"; SinGAN preset {settings.singan_preset}, start {settings.singan_start}, "
              f"M = {settings.regenerations}", f"verify: {check.summary().splitlines()[0]}",
              f"label histogram before/after: ![labels]({histogram.name})"]

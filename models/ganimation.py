@@ -261,7 +261,12 @@ class Critic(nn.Module):
 
 
 def init_weights(module: nn.Module, generator: torch.Generator | None = None, std: float = 0.02) -> None:
-    """Seeded init as the official code does: conv weights N(0, std), biases 0, norm scale 1 / shift 0."""
+    """Seeded init: conv weights N(0, std) and biases 0 as the official code; norm scale 1 / shift 0.
+
+    The norm scales differ from what the official code got: it ran on PyTorch 0.3, whose affine norm
+    layers initialised their scales U(0, 1) (shifts 0); scale 1 is today's PyTorch default. Imported
+    official weights are unaffected (they carry their trained scales).
+    """
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.normal_(m.weight, 0.0, std, generator=generator)

@@ -15,10 +15,14 @@ class LossWeights:
     au_regression: the paper writes 4000, but the official code applies it to an MSE that is already
         a mean and divides by the batch again (4000 / 25 = 160 at its batch of 25); the replicate uses
         160 on a plain mean. We use 160 on the plain mean, so the weight no longer depends on batch size.
-    attention_tv: total variation of A, summed over pixels per image (the paper's form) and averaged
-        over the batch. The paper uses 1e-4; the official code uses 1e-5 but sums over the whole batch,
-        i.e. 2.5e-4 per image at its batch of 25. We take the paper's 1e-4 per image. The per-image
-        sum grows with resolution (x4 per doubling), as in both published versions.
+    attention_tv: total variation of A as the sum of ABSOLUTE neighbour differences over the pixels of
+        each image, averaged over the batch, weight 1e-4 per image. The official code sums absolute
+        differences over the whole batch and weights that by 1e-5 (= 2.5e-4 per image at its batch of
+        25). Whether the paper's equation squares the differences is unchecked: the reference search
+        available when this was written returned no text of the equation (we recall a squared form, but
+        have not verified it). We keep the absolute form because it is what the published code trains
+        with, and the paper's weight 1e-4 per image so the weight does not depend on batch size. The
+        per-image sum grows with resolution (x4 per doubling), as in the official code.
     """
 
     adversarial: float = 1.0
@@ -50,6 +54,9 @@ def gradient_penalty(
     """WGAN-GP: mean over samples of (||d critic / d x||_2 - 1)^2 at x = alpha * real + (1 - alpha) * fake.
 
     alpha: [B] or [B, 1, 1, 1] mixing weights drawn by the caller (so randomness stays an argument).
+    The project adds this penalty to the WGAN + AU loss and takes ONE critic Adam step (as
+    ganimation_replicate and standard WGAN-GP do); the official GANimation code instead takes a second,
+    separate Adam step on the penalty alone after the WGAN + AU step.
     """
     alpha = alpha.reshape(-1, *([1] * (real.ndim - 1))).to(real.dtype)
     mixed = (alpha * real.detach() + (1.0 - alpha) * fake.detach()).requires_grad_(True)
@@ -79,6 +86,15 @@ def attention_tv(attention: torch.Tensor) -> torch.Tensor:
     dx = (attention[..., :, 1:] - attention[..., :, :-1]).abs().flatten(1).sum(1)
     dy = (attention[..., 1:, :] - attention[..., :-1, :]).abs().flatten(1).sum(1)
     return (dx + dy).mean()
+
+
+def teacher_l1(edited: torch.Tensor, teacher: torch.Tensor, has_teacher: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error between G(x, y_target) and a teacher's edit of the same (x, y_target) pair, over the
+    faces that have a teacher (has_teacher [B] bool); 0 when none has one. Not in the paper: the supervised
+    term of the warp teacher (tasks.train_ganimation)."""
+    if not bool(has_teacher.any()):
+        return edited.sum() * 0.0
+    return (edited[has_teacher] - teacher[has_teacher]).abs().mean()
 
 
 def critic_loss(

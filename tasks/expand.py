@@ -64,8 +64,10 @@ class ExpandJob:
     out: str
     run_name: str
     run_id: str
-    ganimation: str | None                 # GANimation checkpoint dir (editor "ganimation")
-    editor: Literal["warp", "ganimation"] | None = "warp"  # None = no edits (SinGAN on the originals)
+    ganimation: str | None                 # GANimation checkpoint dir (editors "ganimation", "warp+ganimation")
+    # None = no edits (SinGAN on the originals); "warp+ganimation": the warp, then GANimation from the warped face
+    # toward the same target (stage "ganimation")
+    editor: Literal["warp", "ganimation", "warp+ganimation"] | None = "warp"
     au_shape: str | None = None            # fitted AU shape model JSON for the warp; None = the FACS default
     source_aus: Literal["neutral", "label"] = "neutral"  # AUs the warp assumes for a source without measured AUs
     source_aus_range: tuple[float, float] = (0.3, 0.6)   # "label": the prototype at the middle of this range
@@ -158,7 +160,10 @@ def _warp_editor(au_shape: str | None):
 
 
 def editor_version(job: ExpandJob, device: str) -> str:
-    """What made the edits, for model_versions: the GANimation checkpoint id or the warp's AU shape model."""
+    """What made the edits, for model_versions: the GANimation checkpoint id and/or the warp's AU shape model."""
+    if job.editor == "warp+ganimation":
+        return (f"editor:{_warp_editor(job.au_shape).version};"
+                f"ganimation:{_ganimation(job.ganimation, device).checkpoint_id}")
     if job.editor == "ganimation":
         return f"ganimation:{_ganimation(job.ganimation, device).checkpoint_id}"
     if job.editor == "warp":
@@ -222,9 +227,9 @@ def assumed_source_aus(source: dict, fallback: str,
     return prototype_centre(int(label), intensity_range).tolist()
 
 
-def _warp_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: list[Edit], job: ExpandJob,
-               versions: str, rejects: list[dict]) -> list[_Item]:
-    """Apply every edit of the unit with the landmark warp; score and gate each output; bad input -> rejects."""
+def _warp_edits(sources: dict[str, dict], images: dict[str, np.ndarray], edits: list[Edit], job: ExpandJob,
+                rejects: list[dict]) -> list[tuple[Edit, object, str]]:
+    """The landmark warp of every edit: (edit, WarpResult, where the source's landmarks came from); bad input -> rejects."""
     editor = _warp_editor(job.au_shape)
     done: list[tuple[Edit, object, str]] = []
     for edit in edits:
@@ -236,6 +241,14 @@ def _warp_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: l
             done.append((edit, result, landmark_source))
         except RejectError as err:
             rejects.append(err.as_row(edit.source_id))
+    return done
+
+
+def _warp_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: list[Edit], job: ExpandJob,
+               versions: str, rejects: list[dict]) -> list[_Item]:
+    """Apply every edit of the unit with the landmark warp; score and gate each output; bad input -> rejects."""
+    editor = _warp_editor(job.au_shape)
+    done = _warp_edits(sources, images, edits, job, rejects)
     if not done:
         return []
     similarity = _ssim_uint8([r.image for _, r, _ in done], [images[e.source_id] for e, _, _ in done])
@@ -259,26 +272,34 @@ def _warp_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: l
 
 
 def _edit_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: list[Edit], job: ExpandJob,
-               device: str, versions: str, rejects: list[dict]) -> list[_Item]:
-    """Apply every edit of the unit with GANimation in batches; score and gate each output."""
+               device: str, versions: str, rejects: list[dict], warped: list | None = None) -> list[_Item]:
+    """Apply every edit of the unit with GANimation in batches; score and gate each output.
+
+    warped: the warp's result of each edit (editor "warp+ganimation"): GANimation then starts from the warped
+    face, toward the same target; ssim_to_source still compares with the source, and warp_fraction is kept.
+    """
     if not edits:
         return []
     from tasks.ganimation import apply_edits, au_fidelity
 
     model = _ganimation(job.ganimation, device)
-    inputs = [images[e.source_id] for e in edits]
+    sources_px = [images[e.source_id] for e in edits]
+    inputs = sources_px if warped is None else [w.image for w in warped]
     targets = np.asarray([e.au_target for e in edits], np.float32)  # [E, 17]
     result = apply_edits(model.generator, inputs, targets, batch_size=job.ganimation_batch, device=device)
     outputs = list(result.images)
     fidelity = (au_fidelity(model.critic, outputs, targets, batch_size=job.ganimation_batch, device=device)
                 if model.critic is not None else [None] * len(edits))
-    similarity = _ssim_uint8(outputs, inputs)
+    similarity = _ssim_uint8(outputs, sources_px)
+    model_name = model.checkpoint_id if warped is None else f"{_warp_editor(job.au_shape).version}+{model.checkpoint_id}"
     items = []
-    for edit, out, attention, fid, sim in zip(edits, outputs, result.attention_mean, fidelity, similarity):
+    for k, (edit, out, attention, fid, sim) in enumerate(zip(edits, outputs, result.attention_mean, fidelity, similarity)):
         source = sources[edit.source_id]
         quality = {"attention_mean": float(attention), "au_fidelity": None if fid is None else float(fid),
                    "ssim_to_source": sim}
-        edit_params = {**edit.as_dict(), "model": model.checkpoint_id}
+        if warped is not None:
+            quality["warp_fraction"] = warped[k].fraction
+        edit_params = {**edit.as_dict(), "model": model_name}
         row = {**_base_row(source, job, versions), "stage": "ganimation", "edit_kind": edit.edit_kind,
                "landmarks": None, "landmark_source": "none",
                "label": edit.label, "label_kind": edit.label_kind, "au_target": list(edit.au_target),
@@ -427,6 +448,10 @@ def expand_unit(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
             edited = _warp_rows(sources, images, unit_edits, job, versions, rejects)
         elif job.editor == "ganimation":
             edited = _edit_rows(sources, images, unit_edits, job, device, versions, rejects)
+        elif job.editor == "warp+ganimation":
+            done = _warp_edits(sources, images, unit_edits, job, rejects)
+            edited = _edit_rows(sources, images, [e for e, _, _ in done], job, device, versions, rejects,
+                                warped=[r for _, r, _ in done])
         else:
             edited = []
         # 3. SinGAN: banks on the edits (or on the originals when there are no edits), M regenerations each

@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,9 +20,9 @@ from manifests.atomic import atomic_write_bytes, atomic_write_text
 from manifests.dataset import encode_png_rgb
 from models.checkpoints import config_from_dict, config_to_dict, load_checkpoint
 from models.ganimation import Critic, GANimationConfig, Generator, GeneratorOutput, init_weights
-from models.ganimation_losses import LossWeights, critic_loss, generator_loss, gradient_penalty
+from models.ganimation_losses import LossWeights, critic_loss, generator_loss, gradient_penalty, teacher_l1
 from tasks.ganimation import CHECKPOINT_KIND, CRITIC_PREFIX, GENERATOR_PREFIX, TRAIN_STATE_PREFIX, save_ganimation
-from tasks.tensors import tensor_to_uint8
+from tasks.tensors import tensor_to_uint8, uint8_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ class TrainGANimationConfig:
     adam_betas: tuple[float, float] = (0.5, 0.999)
     critic_steps_per_generator_step: int = 5
     lr_decay_fraction: float = 1 / 3  # the lr falls linearly to 0 over this last fraction of the epochs
-    target_noise: float = 0.1  # targets = another sample's AUs + U(-noise, noise), then clamped to [0, 1]
+    # targets = another sample's AUs + U(-noise, noise), then clamped to [0, 1]. The clamp is a project choice,
+    # not a published setting: the official code does not clamp sampled targets.
+    target_noise: float = 0.1
     horizontal_flip: bool = True
     init_std: float = 0.02  # N(0, std) conv init, as the official code
     checkpoint_every_epochs: int = 1  # the last epoch is always checkpointed
@@ -53,8 +56,23 @@ class TrainGANimationConfig:
     # Instance noise: N(0, std) added to every image the critic sees (real and edited, fresh per image),
     # so neither its realness nor its AU head can key on pixel-exact texture; 0 = off (published).
     critic_noise_std: float = 0.0
+    # Warp teacher (not in the paper; 0 = off, the published setting): on generator steps, an L1 term from
+    # G(x, y_target) toward the landmark warp's edit of the same face toward the same target, made on the fly
+    # from the face's 68 landmarks (the dataset's `landmarks` [N, 68, 2]; NaN rows = none). The paper's
+    # adversarial, AU, cycle and attention terms stay. Faces without landmarks, or whose warp is rejected
+    # (a fold), get no teacher term. Schedule over training progress p in [0, 1]: the full weight until
+    # p = warp_teacher_hold_fraction, then linear down to warp_teacher_floor x weight at p = 1.
+    warp_teacher_weight: float = 0.0
+    warp_teacher_hold_fraction: float = 0.5
+    warp_teacher_floor: float = 0.1
+    warp_teacher_au_shape: str | None = None  # AU shape model JSON for the warp; None = the FACS-authored default
 
     def __post_init__(self) -> None:
+        if self.warp_teacher_weight < 0 or not 0.0 <= self.warp_teacher_floor <= 1.0:
+            raise ValueError(f"warp_teacher_weight must be >= 0 and warp_teacher_floor in [0, 1], got "
+                             f"{self.warp_teacher_weight}, {self.warp_teacher_floor}")
+        if not 0.0 <= self.warp_teacher_hold_fraction <= 1.0:
+            raise ValueError(f"warp_teacher_hold_fraction must be in [0, 1], got {self.warp_teacher_hold_fraction}")
         if self.critic_noise_std < 0:
             raise ValueError(f"critic_noise_std must be >= 0, got {self.critic_noise_std}")
         if self.critic_translate_px < 0:
@@ -74,7 +92,8 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainGANimationConfig:
 
 class AUDataset(Protocol):
     """Item i: (image float [3, S, S] in [-1, 1], aus float [n_aus] in 0..1). An optional `aus`
-    attribute ([N, n_aus]) saves reading every image once to collect the target pool."""
+    attribute ([N, n_aus]) saves reading every image once to collect the target pool; an optional
+    `landmarks` attribute ([N, 68, 2] in the S px crop, NaN rows for faces without) feeds the warp teacher."""
 
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -100,9 +119,12 @@ def train_ganimation(
     drawn from (seed, epoch), so an interrupted and resumed run ends where an uninterrupted one does.
     data_id: e.g. the prepared manifest's hash, recorded in the config and every checkpoint.
     """
-    # 1. Resolve the run: config file, data, models, optimizers.
+    # 1. Resolve the run: config file, data, teacher, models, optimizers.
     out_dir = Path(out_dir)
+    teacher = WarpTeacher.create(config, dataset)
     run_config = {"train": config_to_dict(config), "seed": seed, "data_id": data_id}
+    if teacher is not None:
+        run_config["warp_teacher"] = teacher.describe(config)
     _write_or_check_run_config(out_dir, run_config)
     aus_table = _collect_aus(dataset, config.model)  # [N, n_aus]
     init = torch.Generator().manual_seed(seed)
@@ -132,7 +154,7 @@ def train_ganimation(
         for epoch in range(state["epoch"], epochs):
             started = time.perf_counter()
             sums, step = _train_epoch(dataset, aus_table, config, generator, critic, opt_g, opt_d,
-                                      epoch, epochs, seed, state["step"], device, bar)
+                                      epoch, epochs, seed, state["step"], device, bar, teacher)
             state["step"] = step
             record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - started, **sums}
             history.append(record)
@@ -156,6 +178,9 @@ def critic_step(
     fake: torch.Tensor | None = None, views: CriticViews | None = None,
 ) -> dict[str, float]:
     """One critic update: WGAN-GP on real vs edited images + AU regression on the real ones.
+
+    The gradient penalty is part of the same loss and the same Adam step (as ganimation_replicate and
+    standard WGAN-GP); the official code takes a separate Adam step for the penalty after this one.
 
     fake: G(real, target_aus) if the caller already has it (it is detached here).
     views: the critic's augmentation of this step (real: view 0, fake: view 1); the penalty is taken
@@ -182,12 +207,14 @@ def generator_step(
     generator: Generator, critic: Critic, opt_g: torch.optim.Optimizer, real: torch.Tensor,
     source_aus: torch.Tensor, target_aus: torch.Tensor, weights: LossWeights,
     edited: GeneratorOutput | None = None, views: CriticViews | None = None,
+    teacher: TeacherBatch | None = None,
 ) -> dict[str, float]:
     """One generator update: fool the critic, hit the target AUs, cycle back to the source.
 
     edited: G(real, target_aus) with its autograd graph, if the caller already ran it.
     views: the critic's augmentation of this step; the critic sees the edit as view 2 (the cycle uses the
         edit as it is).
+    teacher: the warp's edits of this batch; adds weight x L1(G(real, target), warp edit) as g_teacher.
     """
     critic.requires_grad_(False)  # gradients flow through the critic but its weights are not trained here
     try:
@@ -196,6 +223,10 @@ def generator_step(
         cycled = generator(edited.image, source_aus)
         total, terms = generator_loss(scores.realness, scores.aus, target_aus, cycled.image, real,
                                       (edited.attention, cycled.attention), weights, colour=edited.colour)
+        if teacher is not None:
+            terms["g_teacher"] = teacher_l1(edited.image, teacher.images.to(edited.image.device),
+                                            teacher.has_teacher.to(edited.image.device))
+            total = total + teacher.weight * terms["g_teacher"]
         opt_g.zero_grad(set_to_none=True)
         total.backward()
         opt_g.step()
@@ -259,11 +290,90 @@ def sample_targets(
     aus_table: torch.Tensor, index: torch.Tensor, noise: float, rng: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets for samples `index`: the AUs of another training sample + U(-noise, noise), clamped to
-    the valid 0..1 range. Returns (targets [B, n_aus], the partner indices [B])."""
+    the valid 0..1 range (a project choice: the official code leaves them unclamped, so its targets can
+    fall slightly outside 0..1). Returns (targets [B, n_aus], the partner indices [B])."""
     n, n_aus = aus_table.shape
     partner = (index + torch.randint(1, n, (len(index),), generator=rng)) % n  # never the sample itself
     jitter = (torch.rand(len(index), n_aus, generator=rng) * 2 - 1) * noise
     return (aus_table[partner] + jitter).clamp(0.0, 1.0), partner
+
+
+def teacher_weight(progress: float, config: TrainGANimationConfig) -> float:
+    """The warp teacher's weight at training progress p (0 = start, 1 = end): constant until the hold
+    fraction, then linear down to floor x weight at the end."""
+    w, hold, floor = config.warp_teacher_weight, config.warp_teacher_hold_fraction, config.warp_teacher_floor
+    if w == 0 or progress <= hold:
+        return w
+    decayed = min(1.0, (progress - hold) / max(1.0 - hold, 1e-12))
+    return w * (1.0 - (1.0 - floor) * decayed)
+
+
+@dataclasses.dataclass
+class TeacherBatch:
+    """The warp's edits of one batch: images [B, 3, S, S] in [-1, 1] (the input where there is none),
+    has_teacher [B] bool, and the term's weight at this step."""
+
+    images: torch.Tensor
+    has_teacher: torch.Tensor
+    weight: float
+
+
+class WarpTeacher:
+    """Makes the landmark warp's edit of each (training face, sampled target) pair, on the fly."""
+
+    def __init__(self, landmarks: torch.Tensor, au_shape: str | None):
+        from tasks.au_shape import load_au_shape
+        from tasks.warp import WarpEditor
+
+        self.editor = WarpEditor(load_au_shape(au_shape))
+        self.landmarks = landmarks.double().numpy()  # [N, 68, 2], NaN rows = no landmarks
+        self.has_landmarks = np.isfinite(self.landmarks).all(axis=(1, 2))  # [N]
+
+    @classmethod
+    def create(cls, config: TrainGANimationConfig, dataset) -> WarpTeacher | None:
+        """None when the config has no teacher; a teacher whose every face is skipped (logged) when the
+        dataset carries no landmarks."""
+        if config.warp_teacher_weight == 0:
+            return None
+        landmarks = getattr(dataset, "landmarks", None)
+        if landmarks is None:
+            log.warning("warp teacher: the dataset has no landmarks; the teacher term is skipped for every face")
+            landmarks = torch.full((len(dataset), 68, 2), float("nan"))
+        landmarks = torch.as_tensor(landmarks, dtype=torch.float32)
+        if landmarks.shape != (len(dataset), 68, 2):
+            raise ValueError(f"dataset.landmarks must be [{len(dataset)}, 68, 2], got {tuple(landmarks.shape)}")
+        teacher = cls(landmarks, config.warp_teacher_au_shape)
+        missing = int((~teacher.has_landmarks).sum())
+        if missing:
+            log.warning("warp teacher: %d of %d training faces have no landmarks; they get no teacher term",
+                        missing, len(dataset))
+        return teacher
+
+    def describe(self, config: TrainGANimationConfig) -> dict[str, Any]:
+        """What the run config and checkpoint card record about the teacher."""
+        return {"editor": self.editor.version, "weight": config.warp_teacher_weight,
+                "schedule": f"constant {config.warp_teacher_weight:g} until {config.warp_teacher_hold_fraction:g} "
+                            f"of training, then linear to {config.warp_teacher_floor:g} x that at the end",
+                "faces_with_landmarks": int(self.has_landmarks.sum()), "faces": len(self.has_landmarks)}
+
+    def batch(self, real: torch.Tensor, index: torch.Tensor, source_aus: torch.Tensor, target_aus: torch.Tensor,
+              weight: float) -> TeacherBatch:
+        """The warp's edit of real[i] (float [B, 3, S, S] in [-1, 1], as loaded) toward target_aus[i]."""
+        from tasks.errors import RejectError
+
+        images = tensor_to_uint8(real)  # [B, S, S, 3]
+        out, has = real.clone(), torch.zeros(len(index), dtype=torch.bool)
+        for k, i in enumerate(index.tolist()):
+            if not self.has_landmarks[i]:
+                continue
+            try:
+                result = self.editor.edit(images[k], self.landmarks[i], source_aus[k].double().numpy(),
+                                          target_aus[k].double().numpy())
+            except RejectError:
+                continue
+            out[k] = uint8_to_tensor(result.image[None])[0]
+            has[k] = True
+        return TeacherBatch(out, has, weight)
 
 
 def lr_factor(epoch_progress: float, epochs: int, decay_fraction: float) -> float:
@@ -281,7 +391,7 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 
 def _train_epoch(dataset, aus_table, config, generator, critic, opt_g, opt_d, epoch, epochs, seed, step,
-                 device, bar) -> tuple[dict[str, float], int]:
+                 device, bar, teacher: WarpTeacher | None = None) -> tuple[dict[str, float], int]:
     n = aus_table.shape[0]
     rng = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
     order = torch.randperm(n, generator=rng)
@@ -295,8 +405,15 @@ def _train_epoch(dataset, aus_table, config, generator, critic, opt_g, opt_d, ep
         alpha = torch.rand(len(index), generator=rng)
         views = CriticViews.draw(config, len(index), rng)
         real, source_aus = _load_batch(dataset, index, config.model)
+        generator_turn = (step + 1) % config.critic_steps_per_generator_step == 0
+        weight = teacher_weight((epoch + b / n_batches) / epochs, config)
+        taught = None
+        if teacher is not None and generator_turn and weight > 0:
+            taught = teacher.batch(real, index, source_aus, target_aus, weight)  # from the unflipped faces
         if config.horizontal_flip:
             real = torch.where(flip[:, None, None, None], real.flip(-1), real)
+            if taught is not None:  # the AUs are bilateral: the warp of a flipped face is the flipped warp
+                taught.images = torch.where(flip[:, None, None, None], taught.images.flip(-1), taught.images)
         real, source_aus, target_aus = real.to(device), source_aus.to(device), target_aus.to(device)
         factor = lr_factor(epoch + b / n_batches, epochs, config.lr_decay_fraction)
         _set_lr(opt_d, config.lr_critic * factor)
@@ -309,7 +426,10 @@ def _train_epoch(dataset, aus_table, config, generator, critic, opt_g, opt_d, ep
                             config.losses, fake=None if edited is None else edited.image, views=views)
         if edited is not None:
             terms.update(generator_step(generator, critic, opt_g, real, source_aus, target_aus, config.losses,
-                                        edited=edited, views=views))
+                                        edited=edited, views=views, teacher=taught))
+            if taught is not None:
+                terms["teacher_weight"] = taught.weight
+                terms["teacher_coverage"] = taught.has_teacher.float().mean().item()
         for k, v in terms.items():
             sums[k] += v
             counts[k] += 1
@@ -371,6 +491,10 @@ def _write_or_check_run_config(out_dir: Path, run_config: dict[str, Any]) -> Non
     path = out_dir / RUN_CONFIG_FILE
     if path.exists():
         existing = json.loads(path.read_text())
+        # A run written before a config field existed recorded no value for it: read it with the field's
+        # default (e.g. warp_teacher_weight 0), so it still resumes.
+        if isinstance(existing.get("train"), dict):
+            existing["train"] = config_to_dict(train_config_from_dict(existing["train"]))
         if existing != run_config:
             raise ValueError(f"{path} holds a different training config; use a new out_dir\n"
                              f"existing: {existing}\nthis run: {run_config}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from benchmarks.ganimation_bench import (
     emotion_sheet,
     evaluate_edits,
     format_report,
+    load_split,
     run_benchmark,
     tolerant_pixel_distance,
 )
@@ -68,6 +70,10 @@ def test_data_goes_through_ingest_and_prepare_with_held_out_identities(tiny_data
     # The manifest's AUs are the rendered ones, read back from the OpenFace CSVs.
     for r in table:
         np.testing.assert_allclose(r["au_source"], tiny_data.true_aus[r["source_id"]], atol=1e-3)
+    # The training view carries each face's 68 landmarks (the warp teacher's input), in its own crop.
+    train = load_split(tiny_data, TINY.image_size_px, "train")
+    assert train.landmarks.shape == (len(train), 68, 2) and bool(np.isfinite(train.landmarks.numpy()).all())
+    assert 0 <= float(train.landmarks.min()) and float(train.landmarks.max()) < TINY.image_size_px
 
 
 def test_eval_set_is_seeded_and_its_masks_cover_what_the_target_changes(tiny_data):
@@ -140,6 +146,31 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path):
     assert "ceiling" in text and "mean predictor" in text and len(text.splitlines()) >= 7
 
 
+def test_editors_table_scores_warp_scratch_taught_and_warp_then_ganimation_on_the_same_faces(tmp_path, monkeypatch):
+    from benchmarks import bench_editors
+
+    taught = dataclasses.replace(TINY, name="tiny-taught", epochs=1, eval_every_epochs=1,
+                                 train=dataclasses.replace(TINY.train, warp_teacher_weight=10.0))
+    monkeypatch.setitem(bench_editors.CONFIGS, "tiny-taught", taught)
+    report = bench_editors.run_editors("tiny-taught", tmp_path)
+    names = list(report["rows"])
+    assert names[0] == "warp (landmark editor)" and names[1].startswith("GANimation from scratch")
+    assert names[2].startswith("GANimation taught") and names[3] == "warp+GANimation (taught)"
+    taught_run, scratch_run = report["runs"]["taught"], report["runs"]["scratch"]
+    assert taught_run["history"][-1]["generator_steps"] == scratch_run["history"][-1]["generator_steps"] > 0
+    # The two trainings differ only by the teacher: the taught run recorded it, the scratch run did not.
+    run_config = json.loads((tmp_path / "taught" / "ganimation" / "train_config.json").read_text())
+    assert run_config["warp_teacher"]["faces_with_landmarks"] == taught_run["n_train_faces"]
+    assert "warp_teacher" not in json.loads((tmp_path / "scratch" / "ganimation" / "train_config.json").read_text())
+    for row in report["rows"].values():
+        assert 0.0 <= row["outside_diff"] <= 1.0 and row["edits_per_cpu_s"] > 0 and row["identity_error"] > 0
+    # Every editor was judged on the same held-out faces (same unedited error).
+    assert len({round(row["identity_error"], 9) for row in report["rows"].values()}) == 1
+    assert report["rows"]["warp+GANimation (taught)"]["train_cpu_seconds"] > 0
+    text = bench_editors.table(report)
+    assert text.count("\n| ") == 4 and "warp+GANimation" in text
+
+
 def test_emotion_sheet_shows_a_source_and_seven_edits_per_face(tiny_data):
     eval_set = build_eval_set(tiny_data, TINY)
     sheet = emotion_sheet(ReplayEdits(TINY.train.model, None), eval_set.images[:2], None, TINY.render, tile_px=32)
@@ -149,22 +180,23 @@ def test_emotion_sheet_shows_a_source_and_seven_edits_per_face(tiny_data):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open work: the edits reach oracle ratio 0.50-0.54 but are colour smudges "
-                   "that fool the oracle; in pixels they are further from the true re-render than no edit "
-                   "(pixel_ratio 2.4-2.7, tolerant 4.1). See docs/ganimation-experiments.md.")
 def test_ganimation_learns_au_edits_on_held_out_identities(tmp_path):
+    """GANimation taught by the warp (LEARNING_TEST), within 30 CPU minutes of training on one thread. From
+    scratch it did not learn (tolerant pixel ratio 3.5-4.1, docs/ganimation-experiments.md)."""
+    assert LEARNING_TEST.train.warp_teacher_weight > 0
     report = run_benchmark(LEARNING_TEST, tmp_path)
     print(format_report(report))
     oracle, final = report["oracle"], report["final"]
+    assert final["train_cpu_seconds"] <= 30 * 60
     # The judge is independent and good: far better than predicting the mean AUs.
     assert oracle["heldout_mae"] < 0.5 * oracle["mean_predictor_mae"]
     # A perfect edit must score far better than no edit, or the benchmark cannot tell edits apart.
     assert final["ceiling_ratio"] < 0.5
-    # The edits reach the random targets: at most 0.7x the error of leaving the face unedited.
-    assert final["ratio"] <= 0.7
+    # The edits reach the random targets: at most half the error of leaving the face unedited.
+    assert final["ratio"] <= 0.5
     assert 0.05 < final["attention_mean"] < 0.95
     # Regions the edited AUs cannot move stay close to the input, and change far less than the edited regions.
-    assert final["outside_diff"] < 0.02
+    assert final["outside_diff"] < 0.005
     assert final["outside_diff"] < 0.25 * final["inside_diff"]
     # ... and draw the expression: inside the edited regions the edit is closer to the true re-render of
     # the target than the unedited input is (texture that only fools the oracle fails here). The tolerant

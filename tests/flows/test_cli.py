@@ -112,3 +112,20 @@ def test_dataset_errors_exit_2_with_a_message(tmp_path, capsys):
     out = tmp_path.parent / f"{tmp_path.name}-o"  # not inside the dataset root, which is refused on its own
     assert main(["prepare", str(tmp_path), "--out", str(out), "--layout", "rafdb", "--dry-run"]) == 2
     assert "compound" in capsys.readouterr().err.lower()
+
+
+def test_warp_teacher_and_warp_then_ganimation_flags(monkeypatch, capsys):
+    import flows.train_ganimation as train_flow
+    from flows.cli import _expand_settings
+
+    seen = {}
+    monkeypatch.setattr(train_flow, "train_ganimation_flow", lambda settings: seen.setdefault("settings", settings) and {})
+    assert main(["train-ganimation", "p", "--out", "o", "--warp-teacher", "10"]) == 0
+    assert seen["settings"].train.warp_teacher_weight == 10.0
+    seen.clear()
+    main(["train-ganimation", "p", "--out", "o"])
+    assert seen["settings"].train.warp_teacher_weight == 0.0  # the published preset: off unless asked
+    args = build_parser().parse_args(["expand", "p", "--out", "o", "--editor", "warp+ganimation", "--ganimation", "ck"])
+    settings = _expand_settings(args)
+    assert settings.resolved_editor() == "warp+ganimation" and settings.job("r").ganimation == "ck"
+    assert settings.edit_stage() == "ganimation"

@@ -187,6 +187,44 @@ def test_warp_editor_end_to_end(prepared, tmp_path):
     assert _comparable(tmp_path) == [{k: v for k, v in r.items() if k != "run_id"} for r in rows]
 
 
+def test_warp_then_ganimation_editor(prepared, checkpoint, tmp_path):
+    """editor warp+ganimation: the warp first, then GANimation from the warped face toward the same target; the rows
+    are stage ganimation and record both models; the result is GANimation's edit of the warp's output."""
+    import numpy as np
+
+    from tasks.expand import _ganimation, _warp_editor, read_prepared_image
+    from tasks.ganimation import apply_edits
+
+    settings = _settings(prepared, checkpoint, tmp_path, editor="warp+ganimation", regenerations=0)
+    plan = describe_plan(settings)
+    assert plan["samples_per_stage"]["ganimation"] == 8 and plan["compute"]["warp_edits"] == 8
+    assert plan["compute"]["ganimation_forwards"] == 8
+    assert expand(settings)["verify_ok"]
+    rows = read_manifest(tmp_path).to_pylist()
+    edits = [r for r in rows if r["stage"] == "ganimation"]
+    assert len(edits) == 4 * 2 and not [r for r in rows if r["stage"] == "warp"]
+    originals = {r["source_id"]: r for r in rows if r["stage"] == "original" and r["split"] == "train"}
+    warp, model = _warp_editor(None), _ganimation(checkpoint, "cpu")
+    for e in edits:
+        assert f"editor:{warp.version}" in e["model_versions"] and f"ganimation:{model.checkpoint_id}" in e["model_versions"]
+        assert 0.5 < e["quality"]["warp_fraction"] <= 1.0 and 0.0 <= e["quality"]["attention_mean"] <= 1.0
+    # One edit recomputed by hand: warp the source, then GANimation on the warped face.
+    e = edits[0]
+    source = originals[e["source_id"]]
+    image = read_prepared_image(tmp_path, e)  # any manifest row: its shard member, checked against its sha256
+    source_image = read_prepared_image(tmp_path, source)  # the original, re-written into the expanded shards
+    warped = warp.edit(source_image, source["landmarks"], source["au_source"], e["au_target"]).image
+    expected = apply_edits(model.generator, [warped], np.asarray([e["au_target"]], np.float32)).images[0]
+    assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1
+    # The same sources edited by GANimation alone give other pixels and other sample ids.
+    alone = _settings(prepared, checkpoint, tmp_path / "g", editor="ganimation", regenerations=0)
+    expand(alone)
+    other = {r["sample_id"] for r in read_manifest(tmp_path / "g").to_pylist() if r["stage"] == "ganimation"}
+    assert other.isdisjoint({r["sample_id"] for r in edits})
+    with pytest.raises(ValueError, match="needs a GANimation checkpoint"):
+        _settings(prepared, None, tmp_path, editor="warp+ganimation")
+
+
 def test_settings_added_later_leave_the_config_hash_of_older_runs_alone():
     """source_aus and balance.group_regex at their defaults hash as before they existed (old outputs resume);
     set, they change the hash."""

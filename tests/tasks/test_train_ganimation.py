@@ -8,18 +8,21 @@ import cv2
 import pytest
 import torch
 
+from manifests.schema import AU_INDEX
 from models.checkpoints import load_checkpoint
 from models.ganimation import Critic, GANimationConfig, Generator, init_weights
-from models.ganimation_losses import LossWeights
+from models.ganimation_losses import LossWeights, teacher_l1
 from tasks.ganimation import load_ganimation
 from tasks.train_ganimation import (
     TrainGANimationConfig,
+    WarpTeacher,
     critic_step,
     generator_step,
     latest_checkpoint,
     lr_factor,
     random_shifts,
     sample_targets,
+    teacher_weight,
     train_config_from_dict,
     train_ganimation,
     translate,
@@ -211,3 +214,110 @@ def test_data_that_does_not_fit_the_model_is_refused(tmp_path):
         train_ganimation([(torch.zeros(3, 32, 32), torch.zeros(17))] * 3, CONFIG, tmp_path / "b", 1)
     with pytest.raises(ValueError, match="at least 2"):
         train_ganimation(_dataset()[:1], CONFIG, tmp_path / "c", 1)
+
+
+# ---------------------------------------------------------------- the warp teacher
+
+class _LandmarkFaces(torch.utils.data.Dataset):
+    """Synthetic faces at 32 px with the renderer's own 68 landmarks; face 1 has none (NaN)."""
+
+    def __init__(self, n: int = 6):
+        import numpy as np
+
+        from tasks.synthetic import RenderConfig, random_aus, random_identity, render_face, render_landmarks68
+        from tasks.tensors import uint8_to_tensor
+
+        render, rng = RenderConfig(image_size_px=32, supersample=2), np.random.default_rng(0)
+        faces, aus, points = [], [], []
+        for i in range(n):
+            identity, au = random_identity(100 + i), random_aus(rng)
+            faces.append(render_face(identity, au, render))
+            aus.append(au)
+            points.append(render_landmarks68(identity, au, render))
+        self.images = uint8_to_tensor(np.stack(faces))
+        self.aus = torch.tensor(np.stack(aus), dtype=torch.float32)
+        self.landmarks = torch.tensor(np.stack(points), dtype=torch.float32)
+        self.landmarks[1] = float("nan")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.aus[i]
+
+
+TEACHER_MODEL = dataclasses.replace(MODEL, image_size_px=32)
+TAUGHT = TrainGANimationConfig(model=TEACHER_MODEL, batch_size=3, critic_steps_per_generator_step=1, sample_grid_rows=2,
+                               warp_teacher_weight=10.0, warp_teacher_hold_fraction=0.5, warp_teacher_floor=0.2)
+
+
+def test_teacher_schedule_holds_then_decays_linearly_to_the_floor():
+    assert [teacher_weight(p, TAUGHT) for p in (0.0, 0.5, 0.75, 1.0)] == pytest.approx([10, 10, 6, 2])
+    assert teacher_weight(0.3, CONFIG) == 0.0  # off by default (the published setting)
+    with pytest.raises(ValueError):
+        TrainGANimationConfig(warp_teacher_floor=1.5)
+
+
+def test_teacher_batch_is_the_warp_edit_and_skips_faces_without_landmarks():
+    import numpy as np
+
+    from tasks.au_shape import load_au_shape
+    from tasks.tensors import tensor_to_uint8
+    from tasks.warp import WarpEditor
+
+    data = _LandmarkFaces()
+    teacher = WarpTeacher.create(TAUGHT, data)
+    index = torch.tensor([0, 1, 2])
+    targets = torch.zeros(3, 17)
+    targets[:, AU_INDEX["AU25"]] = 1.0  # lips part
+    batch = teacher.batch(data.images[index], index, data.aus[index], targets, 7.0)
+    assert batch.has_teacher.tolist() == [True, False, True] and batch.weight == 7.0
+    assert torch.equal(batch.images[1], data.images[1])  # no landmarks: the input, and no term
+    expected = WarpEditor(load_au_shape(None)).edit(tensor_to_uint8(data.images[:1])[0], data.landmarks[0].numpy(),
+                                                    data.aus[0].double().numpy(), targets[0].double().numpy()).image
+    assert np.array_equal(tensor_to_uint8(batch.images[:1])[0], expected)
+    assert not torch.equal(batch.images[0], data.images[0])  # the warp did move something
+
+
+def test_teacher_l1_covers_only_faces_with_a_teacher():
+    edited, teacher = torch.zeros(3, 3, 4, 4), torch.ones(3, 3, 4, 4)
+    teacher[1] = 5.0
+    assert teacher_l1(edited, teacher, torch.tensor([True, False, True])).item() == pytest.approx(1.0)
+    assert teacher_l1(edited, teacher, torch.tensor([False, False, False])).item() == 0.0
+
+
+def test_training_with_the_teacher_records_it_and_changes_the_weights(tmp_path):
+    data = _LandmarkFaces()
+    history = train_ganimation(data, TAUGHT, tmp_path / "taught", epochs=2, seed=0)
+    assert all(0 < r["g_teacher"] for r in history)
+    assert history[0]["teacher_weight"] == pytest.approx(10.0) and history[1]["teacher_weight"] < 10.0
+    assert 0 < history[0]["teacher_coverage"] < 1  # face 1 has no landmarks
+    _, card = load_checkpoint(latest_checkpoint(tmp_path / "taught"))
+    recorded = card["extra"]["run_config"]
+    assert recorded["train"]["warp_teacher_weight"] == 10.0 and recorded["warp_teacher"]["editor"].startswith("warp:")
+    assert "linear to 0.2" in recorded["warp_teacher"]["schedule"] and recorded["warp_teacher"]["faces_with_landmarks"] == 5
+    train_ganimation(data, dataclasses.replace(TAUGHT, warp_teacher_weight=0.0), tmp_path / "plain", epochs=2, seed=0)
+    taught, _ = load_checkpoint(latest_checkpoint(tmp_path / "taught"))
+    plain, _ = load_checkpoint(latest_checkpoint(tmp_path / "plain"))
+    assert not torch.equal(taught["generator.stem.norm.weight"], plain["generator.stem.norm.weight"])
+    assert "g_teacher" not in train_ganimation(data, dataclasses.replace(TAUGHT, warp_teacher_weight=0.0),
+                                               tmp_path / "plain", epochs=2, seed=0)[0]
+
+
+def test_a_dataset_without_landmarks_trains_with_the_term_skipped(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        history = train_ganimation(_dataset(), dataclasses.replace(CONFIG, warp_teacher_weight=5.0), tmp_path, epochs=1)
+    assert "no landmarks" in caplog.text
+    assert history[0]["teacher_coverage"] == 0.0 and history[0]["g_teacher"] == 0.0
+
+
+def test_a_run_written_before_the_teacher_fields_still_resumes(tmp_path):
+    train_ganimation(_dataset(), CONFIG, tmp_path, epochs=1, seed=0)
+    path = tmp_path / "train_config.json"
+    old = json.loads(path.read_text())
+    for key in [k for k in old["train"] if k.startswith("warp_teacher")]:
+        del old["train"][key]
+    path.write_text(json.dumps(old))
+    assert [r["epoch"] for r in train_ganimation(_dataset(), CONFIG, tmp_path, epochs=2, seed=0)] == [1, 2]
+    with pytest.raises(ValueError, match="different training config"):  # a real change is still refused
+        train_ganimation(_dataset(), dataclasses.replace(CONFIG, warp_teacher_weight=1.0), tmp_path, epochs=3, seed=0)

@@ -1,0 +1,35 @@
+"""The published-size GANimation benchmark configuration: its numbers, and its code path run a few steps on CPU."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from benchmarks.bench_ganimation_learning import PUBLISHED, default_device, published_config
+from benchmarks.ganimation_bench import run_benchmark
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_published_configuration_is_the_papers_size_without_the_teacher():
+    model, train = PUBLISHED.train.model, PUBLISHED.train
+    assert (model.image_size_px, model.conv_dim, model.repeat_num) == (128, 64, 6)
+    assert (train.batch_size, train.critic_steps_per_generator_step) == (25, 5)
+    assert model.upsample == "transposed" and not model.au_film and train.lr_generator == train.lr_critic == 1e-4
+    assert train.warp_teacher_weight == 0.0  # off unless asked (--warp-teacher)
+    assert PUBLISHED.oracle.render.image_size_px == 128
+    assert default_device() in ("cpu", "cuda")
+
+
+def test_published_code_path_runs_a_few_steps_on_cpu_at_a_tiny_size(tmp_path):
+    config = published_config(image_size_px=32, conv_dim=8, repeat_num=1, critic_conv_dim=8, critic_layers=2,
+                              batch_size=4, critic_steps=5, epochs=1, n_identities=8, per_identity=3,
+                              oracle_n_train=48, oracle_epochs=1, n_eval=4, eval_every_epochs=1,
+                              warp_teacher_weight=10.0)
+    config = dataclasses.replace(config, oracle=dataclasses.replace(config.oracle, n_heldout=16, n_edit_pairs=8,
+                                                                    batch_size=16))
+    report = run_benchmark(config, tmp_path, device="cpu")
+    final = report["final"]
+    # 5 critic steps per generator step: one epoch of >= 5 batches gives at least one generator step.
+    assert final["generator_steps"] >= 1 and final["epoch"] == 1
+    assert 0.0 <= final["outside_diff"] <= 1.0 and final["identity_error"] > 0
