@@ -236,8 +236,8 @@ def _warp_edits(sources: dict[str, dict], images: dict[str, np.ndarray], edits: 
         source = sources[edit.source_id]
         try:
             points, landmark_source = _source_landmarks(source, images[edit.source_id])
-            result = editor.edit(images[edit.source_id], points, assumed_source_aus(source, job.source_aus, job.source_aus_range),
-                                 edit.au_target)
+            start = assumed_source_aus(source, job.source_aus, job.source_aus_range)
+            result = editor.edit(images[edit.source_id], points, start, edit.au_target)
             done.append((edit, result, landmark_source))
         except RejectError as err:
             rejects.append(err.as_row(edit.source_id))
