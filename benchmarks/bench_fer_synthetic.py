@@ -1,6 +1,7 @@
 """Does the expansion help FER? A synthetic emotion set made imbalanced like RAF-DB, balanced by GANimation edits.
 
     .venv/bin/python benchmarks/bench_fer_synthetic.py --ganimation CHECKPOINT_DIR --out runs/fer_synthetic
+    .venv/bin/python benchmarks/bench_fer_synthetic.py --ganimation CKPT --seeds 0 1 2 --steps 500   # 3 seeds, paired
 
 Steps, all through the product's own flows (embedded Prefect):
 1. Render a synthetic emotion set (tasks.synthetic, 64 px, jittered EMFACS prototypes, exact labels),
@@ -30,11 +31,12 @@ from flows._env import configure_environment  # noqa: E402
 
 configure_environment()
 
-from flows.evaluate_fer import evaluate_fer  # noqa: E402
+from flows.evaluate_fer import evaluate_fer, evaluate_fer_study  # noqa: E402
 from flows.expand import ExpandSettings, PlanSettings, expand  # noqa: E402
 from flows.prepare import PrepareSettings, prepare  # noqa: E402
 from tasks.align import AlignConfig  # noqa: E402
 from tasks.fer import FERConfig  # noqa: E402
+from tasks.fer_study import StudyConfig  # noqa: E402
 from tasks.ingest import IngestConfig  # noqa: E402
 from tasks.prepare import AUConfig  # noqa: E402
 from tasks.synthetic import RenderConfig, write_synthetic_dataset  # noqa: E402
@@ -61,7 +63,10 @@ def thin_minorities(images_root: Path, keep: float, seed: int) -> dict[str, int]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ganimation", required=True, help="GANimation checkpoint dir (64 px)")
+    parser.add_argument("--ganimation", help="GANimation checkpoint dir (64 px); needed unless --editor warp")
+    parser.add_argument("--editor", default="ganimation", choices=["ganimation", "warp", "warp+ganimation"])
+    parser.add_argument("--seeds", type=int, nargs="+", help="a study over these FER seeds (e.g. 0 1 2) instead of "
+                                                              "one originals-vs-expanded run with --seed")
     parser.add_argument("--out", default="runs/fer_synthetic")
     parser.add_argument("--identities", type=int, default=400, help="synthetic identities (25 %% held out for test)")
     parser.add_argument("--per-identity", type=int, default=4)
@@ -89,16 +94,26 @@ def main() -> None:
                             aus=AUConfig(path=str(synthetic / "openface")), unit_size=512, device=args.device))
 
     # 3. Balance with GANimation edits only.
+    if args.editor != "warp" and not args.ganimation:
+        parser.error(f"--editor {args.editor} needs --ganimation")
+    expanded_root = out / ("expanded" if args.editor == "ganimation" else f"expanded-{args.editor.replace('+', '-')}")
     expanded = expand(ExpandSettings(
-        prepared=str(out / "prepared"), out=str(out / "expanded"), run_name="fer-balance",
-        ganimation=str(Path(args.ganimation).resolve()),
+        prepared=str(out / "prepared"), out=str(expanded_root), run_name="fer-balance", editor=args.editor,
+        ganimation=str(Path(args.ganimation).resolve()) if args.ganimation else None,
         plan=PlanSettings(kind="balance", per_source=None, balance=BalanceConfig(cap_per_source=args.cap_per_source)),
         regenerations=0, unit_size=256, seed=args.seed, device=args.device))
     print(f"expanded: {expanded['report']}", flush=True)
 
-    # 4. FER on originals vs expanded.
-    result = evaluate_fer(str(out / "prepared"), str(out / "expanded"), str(out / "fer"),
-                          FERConfig(arch=args.arch, steps=args.steps, seed=args.seed, device=args.device))
+    # 4. FER on originals vs expanded: one seed, or a study over several (same test split, paired by seed).
+    fer = FERConfig(arch=args.arch, steps=args.steps, seed=args.seed, device=args.device)
+    if args.seeds:
+        stage = "warp" if args.editor == "warp" else "ganimation"
+        study = evaluate_fer_study(str(out / "prepared"), ["originals=originals", f"expanded=originals+{expanded_root}:{stage}"],
+                                   str(out / f"fer-study-{args.editor.replace('+', '-')}"),
+                                   StudyConfig(folds=0, seeds=tuple(args.seeds), fer=fer))
+        print(Path(study["report"]["markdown"]).read_text())
+        return
+    result = evaluate_fer(str(out / "prepared"), str(expanded_root), str(out / "fer"), fer)
     for run, r in result["runs"].items():
         recalls = ", ".join(f"{name} {recall:.2f}" for name, recall in zip(r["classes"], r["per_class_recall"])
                             if recall is not None)
