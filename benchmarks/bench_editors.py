@@ -25,13 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ganimation_bench import CONFIGS, run_benchmark, warp_editor_fn, warp_ganimation_editor_fn  # noqa: E402
 
 
+def _minutes(cpu_seconds: float | None) -> str:
+    return "n/a (resumed)" if cpu_seconds is None else f"{cpu_seconds / 60.0:.1f}"
+
+
 def table(report: dict) -> str:
     """report: {"rows": {editor name: scores}, "n_eval", "ceiling_ratio"}."""
     lines = ["| editor | oracle ratio | strict pixel | tolerant pixel | outside change | training CPU min | edits / CPU s |",
              "|---|---|---|---|---|---|---|"]
     for name, row in report["rows"].items():
         lines.append(f"| {name} | {row['ratio']:.3f} | {row['pixel_ratio']:.2f} | {row['pixel_ratio_tolerant']:.2f} | "
-                     f"{row['outside_diff']:.4f} | {row.get('train_cpu_seconds', 0.0) / 60.0:.1f} | "
+                     f"{row['outside_diff']:.4f} | {_minutes(row.get('train_cpu_seconds', 0.0))} | "
                      f"{row['edits_per_cpu_s']:.0f} |")
     lines.append(f"\nno edit: ratio 1, pixel ratios 1; perfect re-render: oracle ratio {report['ceiling_ratio']:.3f}, "
                  f"pixel ratios 0. Held-out faces: {report['n_eval']}.")

@@ -453,6 +453,8 @@ def run_benchmark(
         t = time.perf_counter()
         if train_ganimation_too:
             _train(config, data, run_dir, device, progress, evaluate)
+            if not history:  # the run folder held a finished training: score its last checkpoint once
+                evaluate(resumed_training_row(latest_checkpoint(run_dir), config))
         timings["ganimation_s"] = time.perf_counter() - t
 
         # 5. Editors built on the trained GANimation (e.g. warp+GANimation), on the same faces.
@@ -523,6 +525,14 @@ def _train(config: GANimationBenchConfig, data: BenchData, run_dir: Path, device
 
     train_ganimation(train_set, train_config, run_dir, config.epochs, seed=config.seed, device=device,
                      progress=progress, on_epoch=on_epoch, data_id=manifest_id(data.prepared))
+
+
+def resumed_training_row(checkpoint: Path, config: GANimationBenchConfig) -> dict[str, Any]:
+    """{epoch, generator_steps, train_seconds, train_cpu_seconds} of a training finished by an earlier process,
+    from its checkpoint card: the wall seconds its epochs logged; the CPU seconds are unknown (None)."""
+    extra = json.loads((checkpoint / "config.json").read_text())["extra"]
+    return {"epoch": extra["epoch"], "generator_steps": extra["step"] // config.train.critic_steps_per_generator_step,
+            "train_seconds": float(sum(h["seconds"] for h in extra["history"])), "train_cpu_seconds": None}
 
 
 def config_to_json(config: GANimationBenchConfig) -> dict[str, Any]:

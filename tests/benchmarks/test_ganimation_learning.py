@@ -207,3 +207,17 @@ def test_ganimation_learns_au_edits_on_held_out_identities(tmp_path):
     # check forgives softness and one-pixel misplacement; calibrated on the perfect edit
     # (docs/ganimation-experiments.md): half way scores 0.48, the perfect edit blurred (sigma 1 px) 0.59, a quarter of the way 0.73, noise 2.8.
     assert final["pixel_ratio_tolerant"] < 0.6
+
+
+def test_a_finished_training_found_on_resume_is_scored_from_its_card(tmp_path):
+    """A benchmark re-run over a finished GANimation run scores its last checkpoint once (it used to end with
+    no history and a KeyError); the card gives steps and wall seconds, the CPU seconds are unknown."""
+    import json
+
+    from benchmarks.ganimation_bench import resumed_training_row
+
+    card = {"extra": {"epoch": 10, "step": 4000, "history": [{"seconds": 90.5}, {"seconds": 91.0}]}}
+    (tmp_path / "config.json").write_text(json.dumps(card))
+    row = resumed_training_row(tmp_path, TINY)
+    assert row == {"epoch": 10, "generator_steps": 4000 // TINY.train.critic_steps_per_generator_step,
+                   "train_seconds": 181.5, "train_cpu_seconds": None}
