@@ -37,6 +37,7 @@ from tasks.expand import (
 )
 from tasks.report import expand_tiles, label_histogram_png, write_report
 from tasks.targets import (
+    DEFAULT_INTENSITY_RANGE,
     BalanceConfig,
     Edit,
     EmotionConfig,
@@ -136,7 +137,7 @@ class ExpandSettings(BaseModel):
     def plan_intensity_range(self) -> tuple[float, float]:
         """The intensity range of the run's emotion targets (single-AU sweeps have none: the default)."""
         config = getattr(self.plan, self.plan.kind, None)
-        return tuple(getattr(config, "intensity_range", EmotionConfig().intensity_range))
+        return tuple(getattr(config, "intensity_range", DEFAULT_INTENSITY_RANGE))
 
     def config_hash(self) -> str:
         exclude: set | dict = {"device", "out", "fanout", "unit_deployment", "ganimation_batch"}

@@ -25,7 +25,7 @@ from models.metrics import ssim
 from models.singan import SinGANConfig, preset
 from tasks.errors import RejectError
 from tasks.singan import SinGANSampleConfig, derive_seed, regenerate_injected, ssim_to_source
-from tasks.targets import Edit, prototype_centre
+from tasks.targets import DEFAULT_INTENSITY_RANGE, Edit, prototype_centre
 from tasks.units import plan_split_units
 
 PACKAGE_VERSION = "0.1.0"
@@ -70,7 +70,7 @@ class ExpandJob:
     editor: Literal["warp", "ganimation", "warp+ganimation"] | None = "warp"
     au_shape: str | None = None            # fitted AU shape model JSON for the warp; None = the FACS default
     source_aus: Literal["neutral", "label"] = "neutral"  # AUs the warp assumes for a source without measured AUs
-    source_aus_range: tuple[float, float] = (0.3, 0.6)   # "label": the prototype at the middle of this range
+    source_aus_range: tuple[float, float] = DEFAULT_INTENSITY_RANGE  # "label": the prototype at its middle
     ganimation_batch: int = 16
     regenerations: int = 2                 # M per edit (or per original when there are no edits)
     singan_preset: str = "fast"
@@ -211,11 +211,12 @@ def _source_landmarks(source: dict, image: np.ndarray) -> tuple[np.ndarray, str]
 
 
 def assumed_source_aus(source: dict, fallback: str,
-                       intensity_range: tuple[float, float] = (0.3, 0.6)) -> Sequence[float] | None:
+                       intensity_range: tuple[float, float] = DEFAULT_INTENSITY_RANGE) -> Sequence[float] | None:
     """The AUs the warp starts from: the measured ones (OpenFace) when the row has them; otherwise None
     (the editor reads it as all zero, a neutral face) or, with fallback "label", the EMFACS prototype centre
-    of the source's emotion label at the middle of intensity_range (the run plan's range). "label" suits peak-expression data without AU files (CK+): there a
-    happy face edited to surprise loses its smile instead of keeping it under the new expression."""
+    of the source's emotion label at the middle of intensity_range (the run plan's range). "label" suits
+    peak-expression data without AU files (CK+): there a happy face edited to surprise loses its smile
+    instead of keeping it under the new expression."""
     if source.get("au_source") is not None or fallback == "neutral":
         return source.get("au_source")
     if fallback != "label":

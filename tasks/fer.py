@@ -206,8 +206,14 @@ def evaluate_classifier(model: nn.Module, dataset: ManifestDataset, config: FERC
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
                         collate_fn=ResizeCollate(config.image_size_px), num_workers=config.num_workers,
                         generator=torch.Generator().manual_seed(config.seed))
+    return score_batches(model, loader, device)
+
+
+@torch.no_grad()
+def score_batches(model: nn.Module, batches, device: torch.device) -> dict[str, Any]:
+    """Metrics of an eval-mode model (on `device`) over (images [B, 3, S, S] 0..1, classes [B] 0..6) batches."""
     confusion = torch.zeros(N_CLASSES, N_CLASSES, dtype=torch.long)
-    for images, classes in loader:
+    for images, classes in batches:
         predicted = model(images.to(device) * 2.0 - 1.0).argmax(dim=1).cpu()  # [B]
         confusion += torch.bincount(classes * N_CLASSES + predicted, minlength=N_CLASSES ** 2).view(N_CLASSES, N_CLASSES)
     return metrics_from_confusion(confusion)

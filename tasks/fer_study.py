@@ -35,8 +35,8 @@ from tasks.fer import (
     FERConfig,
     _seeded_classifier,
     fit_classifier,
-    metrics_from_confusion,
     plan_batches,
+    score_batches,
 )
 from tasks.targets import source_group
 
@@ -338,18 +338,11 @@ def _batches(data: StudyData, indices: Sequence[int], config: FERConfig):
         yield data.images[chosen].float().div_(255.0), data.classes[chosen]
 
 
-@torch.no_grad()
-def score(model: torch.nn.Module, data: StudyData, indices: Sequence[int], batch_size: int) -> dict[str, Any]:
-    device = next(model.parameters()).device
-    confusion = torch.zeros(N_CLASSES, N_CLASSES, dtype=torch.long)
+def score(model: torch.nn.Module, data: StudyData, indices: Sequence[int], config: FERConfig) -> dict[str, Any]:
     idx = torch.tensor(indices, dtype=torch.long)
-    for start in range(0, len(idx), batch_size):
-        chosen = idx[start:start + batch_size]
-        images = data.images[chosen].float().div_(255.0).to(device) * 2.0 - 1.0
-        predicted = model(images).argmax(dim=1).cpu()
-        confusion += torch.bincount(data.classes[chosen] * N_CLASSES + predicted,
-                                    minlength=N_CLASSES ** 2).view(N_CLASSES, N_CLASSES)
-    return metrics_from_confusion(confusion)
+    chunks = (idx[start:start + config.batch_size] for start in range(0, len(idx), config.batch_size))
+    return score_batches(model, ((data.images[c].float().div_(255.0), data.classes[c]) for c in chunks),
+                         torch.device(config.resolved_device()))
 
 
 def train_and_score(data: StudyData, plan: FoldPlan, training_set: TrainingSet, seed: int,
@@ -362,7 +355,7 @@ def train_and_score(data: StudyData, plan: FoldPlan, training_set: TrainingSet, 
     losses: list[float] = []
     fit_classifier(model, _batches(data, train, fer), fer, desc=f"fold {plan.fold} seed {seed} {training_set.name}",
                    losses=losses, augment=augment)
-    metrics = score(model, data, plan.test, fer.batch_size)
+    metrics = score(model, data, plan.test, fer)
     tail = losses[-max(1, len(losses) // 10):]
     stages = Counter(data.stages[i] for i in train)
     return {**metrics, "fold": plan.fold, "seed": seed, "set": training_set.name, "n_train": len(train),
