@@ -598,6 +598,150 @@ def write_sample_grid(div_dir: Path, faces: list[str], config: str, start: str, 
     path.write_bytes(encode_png_rgb(np.ascontiguousarray(grid)))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# warm starts from a face prior (issue 14): quality against fine-tuning iterations, with and without it
+
+
+def warm_faces(ws_dir: Path, ck48_root: Path, prior_faces: int, held_out_ck: int, size_px: int) -> tuple[np.ndarray, dict]:
+    """(prior faces [P, S, S, 3] uint8, held-out faces {name: [S, S, 3]}), cached under ws_dir/faces.npz.
+    CK+48: one face per subject (tests/conftest.load_ck48_faces), the first `prior_faces` subjects train the
+    prior and the next `held_out_ck` are held out; astronaut and Grace Hopper (aligned by tasks.align) are
+    held out too: colour photos the grey CK+48 prior never saw."""
+    cache = ws_dir / "faces.npz"
+    if cache.exists():
+        blob = np.load(cache)
+        return blob["prior"], {k[5:]: blob[k] for k in blob.files if k.startswith("held_")}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import load_ck48_faces
+
+    ck = load_ck48_faces(ck48_root, prior_faces + held_out_ck, size_px)
+    if len(ck) < prior_faces + held_out_ck:
+        raise SystemExit(f"{ck48_root}: {len(ck)} subjects, need {prior_faces + held_out_ck}")
+    prior = np.stack([image for _, image in ck[:prior_faces]])
+    held = {f"ck_{name.split('/')[-1][:4]}": image for name, image in ck[prior_faces:]}
+    photos = load_faces([], size_px)  # astronaut, Grace Hopper, aligned
+    for name, face in zip(("astronaut", "grace_hopper"), photos):
+        held[name] = ((face.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    ws_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, prior=prior, **{f"held_{k}": v for k, v in held.items()})
+    return prior, held
+
+
+def _save_blob(path: Path, model, extra: dict) -> None:
+    from models.singan import bank_state
+
+    tensors, meta = bank_state(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"tensors": tensors, "meta": {**meta, **extra}}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").rename(path)
+
+
+def warm_prior(ws_dir: Path, prior_u8: np.ndarray, config: SinGANConfig, iters: int, batch: int, seed: int = 7):
+    """Train (or load) the face prior; its CPU seconds are stored with it."""
+    from models.singan import train_prior
+
+    path = ws_dir / f"prior_it{iters}_b{batch}_p{len(prior_u8)}.pt"
+    if not path.exists():
+        images = torch.from_numpy(prior_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
+        cpu0 = time.process_time()
+        prior = train_prior(images, dataclasses.replace(config, iters_per_scale=iters), seed, batch_size=batch)
+        _save_blob(path, prior, {"cpu_s": time.process_time() - cpu0, "config": dataclasses.asdict(prior.config)})
+        print(f"  prior: {len(prior_u8)} faces, {iters} it/scale, batch {batch}: "
+              f"{time.process_time() - cpu0:.0f} CPU s", flush=True)
+    return load_saved_bank(path)
+
+
+def warm_bank(ws_dir: Path, held: dict, config: SinGANConfig, iters: int, prior=None, prior_name: str = "") -> tuple:
+    """Train (or load) one bank over all held-out faces, `iters` per scale, cold or from the prior."""
+    name = f"{'warm_' + prior_name if prior is not None else 'cold'}_it{iters}"
+    path = ws_dir / "banks" / f"{name}.pt"
+    if not path.exists():
+        images = torch.from_numpy(np.stack(list(held.values()))).permute(0, 3, 1, 2).float() / 127.5 - 1
+        cpu0 = time.process_time()
+        bank = train_bank(images, dataclasses.replace(config, iters_per_scale=iters),
+                          [2000 + i for i in range(len(held))], prior=prior)
+        cpu_s = time.process_time() - cpu0
+        _save_blob(path, bank, {"cpu_s": cpu_s, "config": dataclasses.asdict(bank.config), "faces": list(held)})
+        print(f"  {name}: {cpu_s:.0f} CPU s for {len(held)} faces", flush=True)
+    return (name, *load_saved_bank(path))
+
+
+def section_warm_start(ws_dir: Path, ck48_root: Path, part: str, config: SinGANConfig, prior_faces: int,
+                       prior_iters: int, prior_batch: int, warm_iters: list[int], cold_iters: list[int],
+                       gains: list[float], size_px: int, out_json: Path | None) -> dict | None:
+    """part 'prior' (prior, then warm banks), 'cold' (cold banks) or 'measure' (all saved banks: samples
+    from N-1 at each gain, issue 14's metrics per face against the face)."""
+    prior_u8, held = warm_faces(ws_dir, ck48_root, prior_faces, 3, size_px)
+    prior_name = f"p{len(prior_u8)}_it{prior_iters}_b{prior_batch}"
+    if part == "prior":
+        prior, meta = warm_prior(ws_dir, prior_u8, config, prior_iters, prior_batch)
+        for iters in warm_iters:
+            warm_bank(ws_dir, held, config, iters, prior, prior_name)
+        return None
+    if part == "cold":
+        for iters in cold_iters:
+            warm_bank(ws_dir, held, config, iters)
+        return None
+    prior_meta = torch.load(ws_dir / f"prior_it{prior_iters}_b{prior_batch}_p{len(prior_u8)}.pt",
+                            weights_only=True)["meta"]
+    rows = []
+    banks = [("warm", i, ws_dir / "banks" / f"warm_{prior_name}_it{i}.pt") for i in warm_iters]
+    banks += [("cold", i, ws_dir / "banks" / f"cold_it{i}.pt") for i in cold_iters]
+    for mode, iters, path in banks:
+        if not path.exists():
+            print(f"  {path.name}: not trained, skipped")
+            continue
+        bank, meta = load_saved_bank(path)
+        for k, face in enumerate(meta["faces"]):
+            single = bank.member(k)
+            for gain in gains:
+                samples = draw_samples(single, held[face], single.coarsest_scale - 1, gain, seed=k)
+                rows.append({"mode": mode, "iters": iters, "face": face, "gain": gain,
+                             "train_cpu_s_per_face": meta["cpu_s"] / len(meta["faces"]),
+                             **sample_metrics(samples, held[face])})
+    print(f"\n== warm start from a face prior ({prior_name}: {prior_meta['cpu_s']:.0f} CPU s once) vs cold, "
+          f"N-1, {DIV_SAMPLES} samples per face; metrics vs the face ==")
+    print("  mode  it/scale gain  group   faces  blur-div   SSIM  realism  lmk px (max)  train CPU s/face")
+    summary = []
+    groups = {"ck48": lambda f: f.startswith("ck_"), "photos": lambda f: not f.startswith("ck_"), "all": lambda f: True}
+    for mode, iters, _ in banks:
+        for gain in gains:
+            for group, keep in groups.items():
+                rs = [r for r in rows if r["mode"] == mode and r["iters"] == iters and r["gain"] == gain and keep(r["face"])]
+                if not rs:
+                    continue
+                mean = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if isinstance(rs[0][k], float)}
+                mean["landmark_px_max"] = float(np.max([r["landmark_px_max"] for r in rs]))
+                summary.append({"mode": mode, "iters": iters, "gain": gain, "group": group, "faces": len(rs), **mean})
+                print(f"  {mode:5s} {iters:6d} {gain:5g}  {group:7s} {len(rs):5d}  {mean['blurred_diversity']:8.4f}  "
+                      f"{mean['ssim']:.3f}  {mean['realism']:7.3f}  {mean['landmark_px']:5.2f} ({mean['landmark_px_max']:4.2f})  "
+                      f"{mean['train_cpu_s_per_face']:8.1f}")
+    result = {"prior": {"name": prior_name, "faces": len(prior_u8), "iters_per_scale": prior_iters,
+                        "batch": prior_batch, "cpu_s": prior_meta["cpu_s"]},
+              "held_out": list(held), "size_px": size_px, "rows": rows, "summary": summary}
+    if out_json is not None:
+        out_json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def write_warm_grid(ws_dir: Path, bank_names: list[str], gain: float, path: Path, num: int = 5) -> None:
+    """PNG: per held-out face, one row per bank: the face, then `num` samples from N-1 (same seeds)."""
+    from manifests.dataset import encode_png_rgb
+
+    rows = []
+    banks = [load_saved_bank(ws_dir / "banks" / f"{n}.pt") for n in bank_names]
+    held = dict(np.load(ws_dir / "faces.npz"))
+    for k, face in enumerate(banks[0][1]["faces"]):
+        image = held[f"held_{face}"]
+        for bank, _ in banks:
+            single = bank.member(k)
+            samples = draw_samples(single, image, single.coarsest_scale - 1, gain, seed=k, num=num)
+            gap = np.full((image.shape[0], 2, 3), 255, np.uint8)
+            rows.append(np.concatenate([image, gap, gap] + [x for s in samples for x in (s, gap)], axis=1))
+        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    path.write_bytes(encode_png_rgb(np.ascontiguousarray(np.concatenate(rows, axis=0))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -622,12 +766,35 @@ def main() -> None:
     parser.add_argument("--per-source", help="CONFIG,START,GAIN: one SinGAN per source vs per edit, then exit")
     parser.add_argument("--div-measure", help="comma list of trained DIVERSITY_CONFIGS to measure, then exit")
     parser.add_argument("--div-train", help="comma list of DIVERSITY_CONFIGS to train on --div-faces, then exit")
+    parser.add_argument("--warm-start", choices=["prior", "cold", "measure"],
+                        help="face-prior warm starts vs cold trainings (issue 14): one part, then exit")
+    parser.add_argument("--ws-dir", default="runs/singan_warm", help="warm-start faces, prior and banks")
+    parser.add_argument("--ws-ck48", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ck48"))
+    parser.add_argument("--ws-config", default="fast", help="preset the prior and the banks share")
+    parser.add_argument("--ws-prior-faces", type=int, default=32)
+    parser.add_argument("--ws-prior-iters", type=int, default=200)
+    parser.add_argument("--ws-prior-batch", type=int, default=4)
+    parser.add_argument("--ws-iters", default="0,10,25,50,100", help="fine-tuning iterations per scale from the prior")
+    parser.add_argument("--ws-cold-iters", default="25,50,100", help="iterations per scale without the prior")
+    parser.add_argument("--ws-gains", default="2,4,6")
+    parser.add_argument("--ws-size", type=int, default=64)
+    parser.add_argument("--ws-grid", help="comma list of bank names: write a sample grid at the first gain, then exit")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes per scale: let cuDNN pick its fastest kernels
+    if args.ws_grid:
+        write_warm_grid(Path(args.ws_dir), args.ws_grid.split(","), float(args.ws_gains.split(",")[0]), Path(args.json))
+        return
+    if args.warm_start:
+        ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+        section_warm_start(Path(args.ws_dir), Path(args.ws_ck48), args.warm_start, preset(args.ws_config),
+                           args.ws_prior_faces, args.ws_prior_iters, args.ws_prior_batch, ints(args.ws_iters),
+                           ints(args.ws_cold_iters), [float(x) for x in args.ws_gains.split(",")], args.ws_size,
+                           Path(args.json) if args.json else None)
+        return
     if args.div_train:
         section_diversity_train(Path(args.div_dir), args.div_faces.split(","), args.div_train.split(","))
         return

@@ -196,6 +196,8 @@ def _expand_settings(args: argparse.Namespace):
         plan=PlanSettings(**plan), regenerations=args.regenerations, singan_preset=args.singan_preset,
         singan_start=args.singan_start, singan_noise_gain=args.singan_noise_gain,
         singan_train_on=args.singan_train_on, bank_size=args.bank_size, unit_size=args.unit_size, seed=args.seed,
+        singan_prior_faces=args.singan_prior_faces, singan_prior_iters=args.singan_prior_iters,
+        singan_prior_batch=args.singan_prior_batch, singan_finetune_iters=args.singan_finetune_iters,
         limit_sources=args.limit_sources, singan_overrides=dict(_parse_overrides(args.singan_set)),
         test_split=args.test_split, gate=gate, sifid_weights=args.sifid_weights, device=args.device,
         fanout=args.fanout)
@@ -413,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--singan-train-on", default="source", choices=["source", "edit"],
                    help="one SinGAN per source face with its edits injected (default), or one per edit")
     p.add_argument("--bank-size", type=_positive_int, default=16, help="faces trained together in one SinGAN bank")
+    p.add_argument("--singan-prior-faces", type=int, default=0, metavar="P",
+                   help="warm starts: train a SinGAN face prior once on P train faces (written to OUT/singan_prior, "
+                        "reused on resume and by every unit) and fine-tune each bank from it; 0 = from scratch")
+    p.add_argument("--singan-prior-iters", type=_positive_int, default=200, help="face prior: iterations per scale")
+    p.add_argument("--singan-prior-batch", type=_positive_int, default=4, help="face prior: faces per iteration")
+    p.add_argument("--singan-finetune-iters", type=int, default=None,
+                   help="iterations per scale of each bank fine-tuned from the prior (default: the preset's)")
     p.add_argument("--unit-size", type=_positive_int, default=64, help="source images per work unit / shard")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit-sources", type=int, help="expand only this many train sources (seeded choice), to try settings")

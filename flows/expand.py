@@ -2,6 +2,7 @@
 manifest + report."""
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -31,6 +32,7 @@ from tasks.expand import (
     ExpandJob,
     ExpandUnit,
     QualityGate,
+    ensure_singan_prior,
     expand_unit,
     load_original_rows,
     plan_expand_units,
@@ -93,6 +95,13 @@ class ExpandSettings(BaseModel):
     singan_train_on: Literal["source", "edit"] = Field(
         "source", description="one SinGAN per source face with its edits injected at the start scale, or one per edit")
     bank_size: int = Field(16, ge=1, description="faces trained together in one SinGAN bank")
+    singan_prior_faces: int = Field(
+        0, ge=0, description="train a SinGAN face prior once per run on this many train faces (a seeded choice), "
+                             "written to OUT/singan_prior, and fine-tune every bank from it; 0 = every bank from scratch")
+    singan_prior_iters: int = Field(200, ge=1, description="face prior: iterations per scale")
+    singan_prior_batch: int = Field(4, ge=1, description="face prior: faces per iteration")
+    singan_finetune_iters: int | None = Field(
+        None, ge=0, description="iterations per scale of each bank fine-tuned from the prior (default: the preset's)")
     unit_size: int = Field(64, ge=1, description="source images per work unit (one shard each)")
     seed: int = Field(0, description="run seed: every edit and sample seed derives from it")
     limit_sources: int | None = Field(None, ge=1, description="expand only this many train sources (a seeded choice), e.g. to try settings")
@@ -116,6 +125,9 @@ class ExpandSettings(BaseModel):
         if self.uses_ganimation() and self.ganimation is None:
             raise ValueError(f"editor {self.resolved_editor()!r} needs a GANimation checkpoint: give `ganimation`, or "
                              "use the landmark editor (editor='warp', no training needed)")
+        if self.singan_prior_faces and _singan(self).skip_coarse_scales < 1:
+            raise ValueError("a SinGAN face prior needs a preset that injects the face at the coarsest scale "
+                             "(skip_coarse_scales >= 1, as in 'fast')")
         if self.plan.kind == "none" and self.regenerations == 0:
             raise ValueError("nothing to generate: plan.kind='none' and regenerations=0")
         return self
@@ -145,6 +157,8 @@ class ExpandSettings(BaseModel):
         # before them can still be resumed.
         if self.source_aus == "neutral":
             exclude = exclude | {"source_aus"}
+        if self.singan_prior_faces == 0:
+            exclude = exclude | {"singan_prior_faces", "singan_prior_iters", "singan_prior_batch", "singan_finetune_iters"}
         if self.plan.balance.group_regex is None:
             exclude = {**{name: True for name in exclude}, "plan": {"balance": {"group_regex"}}}
         return settings_hash(self, exclude=exclude)
@@ -158,6 +172,7 @@ class ExpandSettings(BaseModel):
             regenerations=self.regenerations, singan_preset=self.singan_preset,
             singan_overrides=tuple(sorted(self.singan_overrides.items())), singan_start=self.singan_start,
             singan_noise_gain=self.singan_noise_gain, singan_train_on=self.singan_train_on,
+            singan_finetune_iters=self.singan_finetune_iters if self.singan_prior_faces else None,
             bank_size=self.bank_size, seed=self.seed, gate=self.gate, sifid_weights=self.sifid_weights,
             device=self.device)
 
@@ -195,9 +210,15 @@ def plan_edits(settings: ExpandSettings, rows: list[dict]) -> Plan:
 
 
 def _singan(settings: ExpandSettings):
-    import dataclasses
-
     return dataclasses.replace(PRESETS[settings.singan_preset], **settings.singan_overrides)
+
+
+def _bank_singan(settings: ExpandSettings):
+    """What each bank trains: the run's SinGAN config, at the fine-tuning iterations when a prior is used."""
+    config = _singan(settings)
+    if settings.singan_prior_faces and settings.singan_finetune_iters is not None:
+        config = dataclasses.replace(config, iters_per_scale=settings.singan_finetune_iters)
+    return config
 
 
 def singan_cost_per_face(config, image_px: int) -> float:
@@ -222,14 +243,22 @@ def singan_trainings(train_on: str, regenerations: int, parents: int, sources_wi
     return sources_with_parents if train_on == "source" else parents
 
 
-def singan_compute(config, image_px: int, trainings: int) -> dict:
-    """The SinGAN part of a plan's compute: cost in official-preset faces and estimated CPU seconds."""
+def singan_compute(config, image_px: int, trainings: int, prior_iters: int = 0, prior_batch: int = 1) -> dict:
+    """The SinGAN part of a plan's compute: cost in official-preset faces and estimated CPU seconds.
+
+    config: what each bank trains (with a face prior: its fine-tuning iterations). prior_iters > 0 adds the
+    prior's one training: prior_iters per scale on prior_batch faces at a time."""
     cost = singan_cost_per_face(config, image_px)
     official = singan_cost_per_face(PRESETS["official"], image_px)
-    return {"singan_trainings": trainings, "singan_cost_per_training_vs_official": round(cost / official, 4),
-            "singan_cost_in_official_faces": round(trainings * cost / official, 2),
-            "singan_cpu_s_per_training_estimate": round(cost * CPU_S_PER_COST_UNIT, 3),
-            "singan_cpu_s_estimate": round(trainings * cost * CPU_S_PER_COST_UNIT, 2)}
+    prior = singan_cost_per_face(dataclasses.replace(config, iters_per_scale=prior_iters), image_px) * prior_batch
+    total = trainings * cost + prior
+    out = {"singan_trainings": trainings, "singan_cost_per_training_vs_official": round(cost / official, 4),
+           "singan_cost_in_official_faces": round(total / official, 2),
+           "singan_cpu_s_per_training_estimate": round(cost * CPU_S_PER_COST_UNIT, 3),
+           "singan_cpu_s_estimate": round(total * CPU_S_PER_COST_UNIT, 2)}
+    if prior_iters:
+        out["singan_prior_cpu_s_estimate"] = round(prior * CPU_S_PER_COST_UNIT, 2)
+    return out
 
 
 def describe_plan(settings: ExpandSettings) -> dict:
@@ -261,7 +290,10 @@ def describe_plan(settings: ExpandSettings) -> dict:
             "warp_edits": len(plan.edits) if settings.resolved_editor() in ("warp", "warp+ganimation") else 0,
             "singan_train_on": settings.singan_train_on,
             "singan_banks": -(-trainings // settings.bank_size),
-            **singan_compute(_singan(settings), image_px, trainings),
+            "singan_prior_faces": min(settings.singan_prior_faces, len(train)) if trainings else 0,
+            **singan_compute(_bank_singan(settings), image_px, trainings,
+                             settings.singan_prior_iters if settings.singan_prior_faces and trainings else 0,
+                             min(settings.singan_prior_batch, settings.singan_prior_faces, len(train)) or 1),
         },
         "notes": summary["notes"],
     }
@@ -387,6 +419,16 @@ def _expand_locked(settings: ExpandSettings, rows: list[dict], config_hash: str,
                     f"retired (their sources are redone in new units): {', '.join(retired[:5])}")
     edits_by_unit = {u.unit_id: [e for e in plan.edits if e.source_id in set(u.source_ids)] for u in units}
     timings["plan"] = time.perf_counter() - t0
+
+    # 4b. The SinGAN face prior: trained once per run before any unit (resumed when present), shared by all.
+    if settings.singan_prior_faces and settings.regenerations:
+        t_prior = time.perf_counter()
+        prior = ensure_singan_prior(settings.prepared, settings.out, rows, _singan(settings), settings.singan_prior_faces,
+                                    settings.singan_prior_iters, settings.singan_prior_batch, settings.seed,
+                                    device=settings.device)
+        job = dataclasses.replace(job, singan_prior=prior)
+        timings["singan prior"] = time.perf_counter() - t_prior
+        logger.info(f"SinGAN face prior: {prior or 'none (no train face)'}")
 
     # 5. Per unit: edits -> SinGAN banks -> regenerations -> commit; committed units are skipped.
     t1 = time.perf_counter()

@@ -103,9 +103,17 @@ def load_checkpoint(directory: str | os.PathLike, *, kind: str | None = None, ma
     return load_file(str(tensors_path), device=map_location), card
 
 
+def read_card(directory: str | os.PathLike) -> dict:
+    """A checkpoint's JSON card alone (kind, config, extra), without loading or checking its tensors."""
+    path = Path(directory) / CARD_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a checkpoint (no {CARD_FILE})")
+    return json.loads(path.read_text())
+
+
 def checkpoint_id(directory: str | os.PathLike) -> str:
     """Short content id of a checkpoint (the tensors' hash), recorded in manifests as model version."""
-    card = json.loads((Path(directory) / CARD_FILE).read_text())
+    card = read_card(directory)
     return f"{card['kind']}:{card['tensors_sha256'][:12]}"
 
 

@@ -59,8 +59,8 @@ class SinGANConfig:
             raise ValueError(f"scale_factor must be in (0, 1), got {self.scale_factor}")
         if self.num_blocks < 2 or self.kernel_px % 2 == 0:
             raise ValueError("need num_blocks >= 2 and an odd kernel_px")
-        if self.iters_per_scale < 1 or self.d_steps < 1 or self.g_steps < 1:
-            raise ValueError("iters_per_scale, d_steps and g_steps must be >= 1")
+        if self.iters_per_scale < 0 or self.d_steps < 1 or self.g_steps < 1:
+            raise ValueError("need iters_per_scale >= 0 (0: a warm start used as it is), d_steps and g_steps >= 1")
         if self.skip_coarse_scales < 0:
             raise ValueError("skip_coarse_scales must be >= 0")
         if self.min_size_px <= 2 * self.pad_px:
@@ -349,14 +349,15 @@ def _member_noise(gens: list[torch.Generator], batch: int, size: tuple[int, int]
 
 
 def _random_prev(
-    bank: SinGANBank, pyramid: list[torch.Tensor], index: int, gens: list[torch.Generator], batch: int
+    bank: SinGANBank, images: torch.Tensor, index: int, gens: list[torch.Generator], repeats: int
 ) -> torch.Tensor:
-    """`batch` inputs `prev` of scale `index` from the trained coarser scales run on fresh noise (random
-    samples), packed [batch, K*3, h, w]. The coarser generators are frozen in eval mode, so drawing all of
-    an iteration's samples in one batch gives each the same distribution as drawing them one by one."""
-    prev = bank.start_prev(pyramid[-1], bank.first_index).expand(batch, -1, -1, -1)
+    """`repeats` inputs `prev` of scale `index` for each of the images (finest size, packed [b, K*3, H, W])
+    from the trained coarser scales run on fresh noise (random samples), packed [repeats * b, K*3, h, w],
+    repeat-major. The coarser generators are frozen in eval mode, so drawing all of an iteration's samples
+    in one batch gives each the same distribution as drawing them one by one."""
+    prev = bank.start_prev(images, bank.first_index).repeat(repeats, 1, 1, 1)
     for i in range(bank.first_index, index):
-        z = _member_noise(gens, batch, bank.sizes[i], i == 0, prev.dtype)
+        z = _member_noise(gens, prev.shape[0], bank.sizes[i], i == 0, prev.dtype)
         prev = _resize(bank.generator(i)(z, prev, bank.noise_amps[i]), bank.sizes[i + 1])
     return prev
 
@@ -381,6 +382,13 @@ def _gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, ge
 ProgressFn = Callable[[int, int, int], None]  # (scale s, iteration, iterations per scale)
 
 
+def _replicate(state: dict[str, torch.Tensor], members: int) -> dict[str, torch.Tensor]:
+    """A one-member net's state for a K-member net: every member starts from the same weights (the inverse
+    of SinGANBank.member); BatchNorm's shared step counter stays a scalar."""
+    return {key: value if value.ndim == 0 else value.repeat(members, *([1] * (value.ndim - 1)))
+            for key, value in state.items()}
+
+
 def _train_scale(
     bank: SinGANBank,
     index: int,
@@ -388,14 +396,23 @@ def _train_scale(
     gens: list[torch.Generator],
     coarser: tuple[Generator, Critic] | None,
     progress: ProgressFn | None,
+    init: tuple[Generator, Critic] | None = None,
+    batch: int | None = None,
 ) -> tuple[Generator, Critic]:
-    """Train scale `index` (list index, coarsest 0) of every member at once; freezes and keeps its generator."""
+    """Train scale `index` (list index, coarsest 0) of every member at once; freezes and keeps its generator.
+
+    pyramid[i]: [P, K*3, h, w]; P = 1 for a bank (member k's image), P faces for a face prior (K = 1), which
+    then trains on `batch` of them per iteration, drawn from gens[0]. init: one-member (generator, critic)
+    every member starts from (a warm start from a prior) instead of fresh or coarser-scale weights."""
     cfg, k = bank.config, bank.num_members
     device, dtype = bank.images.device, bank.images.dtype
     width = scale_channels(index, cfg)
     gen = bank.add_generator()
     critic = Critic(k, width, cfg).to_empty(device=device).to(dtype)
-    if cfg.init_from_coarser and coarser is not None and scale_channels(index - 1, cfg) == width:
+    if init is not None:
+        gen.load_state_dict(_replicate(init[0].state_dict(), k))
+        critic.load_state_dict(_replicate(init[1].state_dict(), k))
+    elif cfg.init_from_coarser and coarser is not None and scale_channels(index - 1, cfg) == width:
         gen.load_state_dict(coarser[0].state_dict())
         critic.load_state_dict(coarser[1].state_dict())
     else:
@@ -405,17 +422,18 @@ def _train_scale(
     gen.to(memory_format=memory).train()
     critic.to(memory_format=memory).train()
 
-    real = pyramid[index].contiguous(memory_format=memory)  # [1, K*3, h, w]
+    real_all = pyramid[index].contiguous(memory_format=memory)  # [P, K*3, h, w]
+    first = index == bank.first_index
     with torch.no_grad():
-        prev_rec = _reconstruct_prev(bank, pyramid, index)
+        prev_rec_all = _reconstruct_prev(bank, pyramid, index)
         if index == 0:
             amp = torch.ones(k, device=device, dtype=dtype)  # the coarsest scale is pure noise
         else:
-            skip_start = index == bank.first_index and cfg.skip_noise_amp_factor > 0
+            skip_start = first and cfg.skip_noise_amp_factor > 0
             factor = cfg.skip_noise_amp_factor if skip_start else cfg.noise_amp_factor
-            amp = factor * _per_member((real - prev_rec) ** 2, k).sqrt()
+            amp = factor * _per_member((real_all - prev_rec_all) ** 2, k).sqrt()
         bank.noise_amps[index] = amp
-        rec_z = _pack(bank.rec_noise[None]) if index == bank.first_index else torch.zeros_like(real)
+        rec_z = _pack(bank.rec_noise[None]) if first else torch.zeros_like(real_all[:1])
     # fused: one kernel per step instead of ~15 per parameter; it is elementwise, so one Adam over the
     # packed parameters is still K independent Adams.
     opt_d = torch.optim.Adam(critic.parameters(), lr=cfg.lr_d, betas=cfg.adam_betas, fused=True)
@@ -425,17 +443,25 @@ def _train_scale(
     scale_s = bank.coarsest_scale - index
     autocast = _autocast(cfg, device)
     start = time.perf_counter()
+    real, prev_rec = real_all, prev_rec_all
     for it in range(iters):
         if it == decay_iter:
             for opt, lr in ((opt_d, cfg.lr_d), (opt_g, cfg.lr_g)):
                 for group in opt.param_groups:
                     group["lr"] = lr * cfg.lr_decay_gamma
-        z = _member_noise(gens, 1, bank.sizes[index], index == 0, dtype)
+        if batch is not None:
+            pick = torch.randperm(real_all.shape[0], generator=gens[0], device=gens[0].device)[:batch].to(device)
+            real, prev_rec = real_all[pick], prev_rec_all[pick]
+            faces = pyramid[-1][pick]
+        else:
+            faces = pyramid[-1]
+        b = real.shape[0]
+        z = _member_noise(gens, b, bank.sizes[index], index == 0, dtype)
         with torch.no_grad():  # a fresh random sample of the coarser scales for every critic step
-            prevs = prev_rec if index == bank.first_index else _random_prev(bank, pyramid, index, gens, cfg.d_steps)
+            prevs = prev_rec if first else _random_prev(bank, faces, index, gens, cfg.d_steps)
         # (1) critic: maximise D(real) - D(G(z)), with gradient penalty
         for step in range(cfg.d_steps):
-            prev = prevs[min(step, prevs.shape[0] - 1)][None]
+            prev = prev_rec if first else prevs[step * b:(step + 1) * b]
             opt_d.zero_grad(set_to_none=True)
             with autocast:
                 with torch.no_grad():
@@ -456,15 +482,98 @@ def _train_scale(
             opt_g.step()
         if progress is not None:
             progress(scale_s, it + 1, iters)
+    if iters == 0:  # a warm start used as it is: log the prior's reconstruction error on these images
+        with torch.no_grad():
+            gen.eval()
+            loss_rec = _per_member((gen(rec_z, prev_rec_all, amp).float() - real_all) ** 2, k)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     gen.requires_grad_(False).eval().to(memory_format=torch.contiguous_format)
     bank.train_log.append({
         "scale": scale_s, "size_px": list(bank.sizes[index]), "channels": width,
-        "iterations": iters, "seconds": time.perf_counter() - start,
+        "iterations": iters, "seconds": time.perf_counter() - start, "warm_start": init is not None,
         "loss_rec": [float(x) for x in loss_rec.detach()], "noise_amp": [float(x) for x in amp],
     })
     return gen, critic
+
+
+# Fields that decide the pyramid and the nets' shapes: a prior warm-starts only banks that agree on all of them.
+PRIOR_SHAPE_FIELDS = ("scale_factor", "min_size_px", "max_size_px", "num_blocks", "kernel_px", "base_channels",
+                      "channels_double_every", "max_channels", "skip_coarse_scales")
+
+
+class SinGANPrior(SinGANBank):
+    """A face prior (issue 14's warm start): one SinGAN pyramid trained on many faces at once, each scale
+    learning to finish any face handed down from the coarser scale. Banks are fine-tuned from it.
+
+    It is a one-member bank (its generators, noise_amps averaged over its faces) that also keeps every
+    scale's critic, since a fine-tuned bank starts both nets from the prior. `images` holds the mean face."""
+
+    def __init__(self, config: SinGANConfig, sizes: list[tuple[int, int]], first_index: int, num_faces: int):
+        super().__init__(config, 1, sizes, first_index)
+        self.num_faces = num_faces
+        self.critics = nn.ModuleList()  # critics[j] is list index first_index + j
+
+    def critic(self, index: int) -> Critic:
+        return self.critics[index - self.first_index]
+
+    def add_critic(self) -> Critic:
+        index = self.first_index + len(self.critics)
+        c = Critic(1, scale_channels(index, self.config), self.config)
+        c.to_empty(device=self.images.device).to(self.images.dtype)
+        self.critics.append(c)
+        return c
+
+
+def check_prior(prior: SinGANPrior, config: SinGANConfig, sizes: list[tuple[int, int]]) -> None:
+    """Refuse a prior whose pyramid or nets differ from what the bank would train."""
+    differ = [f for f in PRIOR_SHAPE_FIELDS if getattr(prior.config, f) != getattr(config, f)]
+    if differ:
+        raise ValueError("the SinGAN prior was trained with other " + ", ".join(
+            f"{f} ({getattr(prior.config, f)} vs {getattr(config, f)})" for f in differ))
+    if [tuple(x) for x in prior.sizes] != [tuple(x) for x in sizes]:
+        raise ValueError(f"the SinGAN prior's pyramid {prior.sizes} does not fit these images' {sizes}")
+    if not prior.is_complete or len(prior.critics) != len(prior.generators):
+        raise ValueError("the SinGAN prior is not fully trained")
+
+
+def train_prior(
+    images: torch.Tensor,
+    config: SinGANConfig,
+    seed: int,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: ProgressFn | None = None,
+) -> SinGANPrior:
+    """Train a face prior on images [P, 3, H, W] in [-1, 1] (aligned faces of one size): per scale,
+    config.iters_per_scale iterations, each on `batch_size` faces drawn from torch.Generator(seed).
+
+    The coarsest scale must be injected (skip_coarse_scales >= 1): its fixed-noise reconstruction cannot
+    reproduce many faces from one noise map."""
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] < 1:
+        raise ValueError(f"expected images [P, 3, H, W], got {tuple(images.shape)}")
+    if images.min() < -1 or images.max() > 1:
+        raise ValueError("images must be in [-1, 1]")
+    if config.skip_coarse_scales < 1:
+        raise ValueError("a face prior needs skip_coarse_scales >= 1 (every face injected at the coarsest scale)")
+    if config.iters_per_scale < 1 or batch_size < 1:
+        raise ValueError("a face prior needs iters_per_scale >= 1 and batch_size >= 1")
+    device = torch.device(device)
+    sizes = pyramid_sizes(images.shape[2], images.shape[3], config)
+    if config.skip_coarse_scales >= len(sizes):
+        raise ValueError(f"skip_coarse_scales={config.skip_coarse_scales} leaves none of the {len(sizes)} scales")
+    prior = SinGANPrior(config, sizes, config.skip_coarse_scales, images.shape[0]).to(device=device, dtype=dtype)
+    faces = _resize(images.to(device=device, dtype=dtype), sizes[-1]).contiguous()
+    with torch.no_grad():
+        prior.images.copy_(faces.mean(dim=0, keepdim=True))
+    gens = [torch.Generator(device=device).manual_seed(int(seed))]
+    pyramid = [_resize(faces, size) for size in sizes]  # [P, 3, h, w]: P faces of the one member
+    coarser = None
+    for index in range(prior.first_index, len(sizes)):
+        coarser = _train_scale(prior, index, pyramid, gens, coarser, progress, batch=min(batch_size, len(faces)))
+        prior.critics.append(coarser[1].requires_grad_(False).eval())
+    return prior.eval()
 
 
 def train_bank(
@@ -475,12 +584,16 @@ def train_bank(
     dtype: torch.dtype = torch.float32,
     progress: ProgressFn | None = None,
     stop_after_scales: int | None = None,
+    prior: SinGANPrior | None = None,
 ) -> SinGANBank:
     """Train K independent SinGANs, one per image, in one pass.
 
     images: [K, 3, H, W] in [-1, 1], all one size. seeds: one per member; member k's weights, noise maps and
     penalty weights come only from its own torch.Generator(seed_k), so it is the same model it would be if
     trained alone. stop_after_scales: train only that many scales (benchmarks; the bank is then incomplete).
+    prior: warm start: every scale's generator and critic start from the prior's (same pyramid and nets,
+    checked), then train config.iters_per_scale iterations (0: the prior as it is, noise amplitudes still
+    measured on each member's own image).
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images [K, 3, H, W], got {tuple(images.shape)}")
@@ -488,10 +601,15 @@ def train_bank(
         raise ValueError(f"{images.shape[0]} images but {len(seeds)} seeds")
     if images.min() < -1 or images.max() > 1:
         raise ValueError("images must be in [-1, 1]")
+    if config.iters_per_scale == 0 and prior is None:
+        raise ValueError("iters_per_scale=0 trains nothing: it needs a prior to start from")
     device = torch.device(device)
     sizes = pyramid_sizes(images.shape[2], images.shape[3], config)
     if config.skip_coarse_scales >= len(sizes):
         raise ValueError(f"skip_coarse_scales={config.skip_coarse_scales} leaves none of the {len(sizes)} scales")
+    if prior is not None:
+        check_prior(prior, config, sizes)
+        prior = prior.to(device=device, dtype=dtype)
     # 1. the bank and each member's random stream
     bank = SinGANBank(config, images.shape[0], sizes, config.skip_coarse_scales).to(device=device, dtype=dtype)
     with torch.no_grad():
@@ -505,7 +623,8 @@ def train_bank(
     coarser = None
     last = len(sizes) if stop_after_scales is None else min(len(sizes), bank.first_index + stop_after_scales)
     for index in range(bank.first_index, last):
-        coarser = _train_scale(bank, index, pyramid, gens, coarser, progress)
+        init = None if prior is None else (prior.generator(index), prior.critic(index))
+        coarser = _train_scale(bank, index, pyramid, gens, coarser, progress, init=init)
     return bank.eval()
 
 
@@ -587,23 +706,32 @@ def measure_quality(
 
 
 def bank_state(bank: SinGANBank) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and the JSON-able facts needed to rebuild a bank (save with models.checkpoints)."""
+    """Tensors and the JSON-able facts needed to rebuild a bank or a prior (save with models.checkpoints)."""
     meta = {
         "num_members": bank.num_members, "sizes": [list(s) for s in bank.sizes],
         "first_index": bank.first_index, "num_trained": len(bank.generators), "train_log": bank.train_log,
     }
+    if isinstance(bank, SinGANPrior):
+        meta["num_faces"] = bank.num_faces
     return {k: v.detach() for k, v in bank.state_dict().items()}, meta
 
 
 def bank_from_state(
     config: SinGANConfig, tensors: dict[str, torch.Tensor], meta: dict, device: str | torch.device = "cpu"
 ) -> SinGANBank:
-    """Rebuild a bank; load_state_dict(strict) refuses missing, unexpected or misshapen tensors."""
+    """Rebuild a bank (or a prior, when meta names its faces); load_state_dict(strict) refuses missing,
+    unexpected or misshapen tensors."""
     dtype = tensors["images"].dtype
-    bank = SinGANBank(config, int(meta["num_members"]), [tuple(s) for s in meta["sizes"]], int(meta["first_index"]))
+    sizes = [tuple(s) for s in meta["sizes"]]
+    if "num_faces" in meta:
+        bank: SinGANBank = SinGANPrior(config, sizes, int(meta["first_index"]), int(meta["num_faces"]))
+    else:
+        bank = SinGANBank(config, int(meta["num_members"]), sizes, int(meta["first_index"]))
     bank.to(device=device, dtype=dtype)
     for _ in range(int(meta["num_trained"])):
         bank.add_generator()
+        if isinstance(bank, SinGANPrior):
+            bank.add_critic()
     bank.load_state_dict(tensors, strict=True)
     bank.train_log = list(meta.get("train_log", []))
     return bank.requires_grad_(False).eval()

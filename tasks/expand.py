@@ -24,7 +24,16 @@ from models.checkpoints import config_hash as dataclass_hash
 from models.metrics import ssim
 from models.singan import SinGANConfig, preset
 from tasks.errors import RejectError
-from tasks.singan import SinGANSampleConfig, derive_seed, regenerate_injected, ssim_to_source
+from models.checkpoints import checkpoint_id, read_card
+from tasks.singan import (
+    SinGANSampleConfig,
+    derive_seed,
+    load_prior,
+    regenerate_injected,
+    save_bank,
+    ssim_to_source,
+    train_singan_prior,
+)
 from tasks.targets import DEFAULT_INTENSITY_RANGE, Edit, prototype_centre
 from tasks.units import plan_split_units
 
@@ -79,6 +88,8 @@ class ExpandJob:
     singan_noise_gain: float = 4.0         # noise multiplier at the start scale (1 = as trained)
     singan_train_on: Literal["source", "edit"] = "source"  # one SinGAN per source (edits injected) or per edit
     bank_size: int = 16                    # faces trained together in one SinGAN bank
+    singan_prior: str | None = None        # face prior dir (ensure_singan_prior): banks are fine-tuned from it
+    singan_finetune_iters: int | None = None  # iterations per scale from the prior (None: the preset's)
     seed: int = 0
     gate: QualityGate = field(default_factory=QualityGate)
     sifid_weights: str | None = None
@@ -108,7 +119,59 @@ def parse_start_offset(start: str) -> int:
 
 
 def singan_config(job: ExpandJob) -> SinGANConfig:
-    return dataclasses.replace(preset(job.singan_preset), **dict(job.singan_overrides))
+    """What each bank trains: the preset with the run's changes, and the fine-tuning iterations when a face
+    prior warm-starts it."""
+    config = dataclasses.replace(preset(job.singan_preset), **dict(job.singan_overrides))
+    if job.singan_prior is not None and job.singan_finetune_iters is not None:
+        config = dataclasses.replace(config, iters_per_scale=job.singan_finetune_iters)
+    return config
+
+
+PRIOR_DIR = "singan_prior"
+
+
+def prior_face_rows(rows: Sequence[dict], faces: int, seed: int) -> list[dict]:
+    """The train originals a face prior learns from: a seeded choice of `faces`, sorted by source id."""
+    train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: stable_hash([seed, "singan_prior", r["source_id"]]))
+    return sorted(train[:faces], key=lambda r: r["source_id"])
+
+
+def ensure_singan_prior(prepared: str | os.PathLike, out: str | os.PathLike, rows: Sequence[dict], config: SinGANConfig,
+                        faces: int, iters: int, batch: int, seed: int, device: str | None = None,
+                        progress=None) -> str | None:
+    """Train the run's SinGAN face prior once, into OUT/singan_prior (atomic), and return its path; a re-run
+    finds it and reuses it (every unit and every worker loads the same one). None when there is no train
+    face to learn from. A prior there from other settings stops the run (it would silently mix models)."""
+    directory = Path(out) / PRIOR_DIR
+    chosen = prior_face_rows(rows, faces, seed)
+    wanted = {"face_sample_ids": [r["sample_id"] for r in chosen], "iters_per_scale": iters, "batch": batch,
+              "seed": derive_seed(seed, "singan_prior"), "bank_config": dataclass_hash(config)}
+    if directory.exists():
+        card = read_card(directory)
+        have = {k: card["extra"].get(k) for k in wanted}
+        if have != wanted:
+            differ = sorted(k for k in wanted if have[k] != wanted[k])
+            raise RuntimeError(f"{directory} holds a SinGAN face prior trained with other settings ({', '.join(differ)}); "
+                               "remove it or write to another --out")
+        return str(directory)
+    images, used = [], []
+    for r in chosen:
+        try:
+            images.append(read_prepared_image(prepared, r))
+            used.append(r["sample_id"])
+        except RejectError:  # a damaged member: its own unit rejects it; the prior learns from the others
+            continue
+    if not images:
+        return None
+    prior = train_singan_prior(images, dataclasses.replace(config, iters_per_scale=iters), wanted["seed"],
+                               batch_size=batch, device=resolve_device(device), progress=progress)
+    save_bank(prior, directory, extra={**wanted, "faces_used": used})
+    return str(directory)
+
+
+@functools.lru_cache(maxsize=2)
+def _prior(directory: str, device: str):
+    return load_prior(directory, device), checkpoint_id(directory)
 
 
 def load_original_rows(prepared: str | os.PathLike) -> list[dict]:
@@ -316,8 +379,12 @@ def _edit_rows(sources: dict[str, dict], images: dict[str, np.ndarray], edits: l
 
 
 def singan_versions(job: ExpandJob) -> str:
-    """The SinGAN part of model_versions: preset, config hash, and what each SinGAN is trained on."""
-    return f"singan:{job.singan_preset}-{dataclass_hash(singan_config(job))};singan_train_on:{job.singan_train_on}"
+    """The SinGAN part of model_versions: preset, config hash, what each SinGAN is trained on, and the face
+    prior it was fine-tuned from (its content id), if any."""
+    versions = f"singan:{job.singan_preset}-{dataclass_hash(singan_config(job))};singan_train_on:{job.singan_train_on}"
+    if job.singan_prior is not None:
+        versions += f";singan_prior:{checkpoint_id(job.singan_prior)}"
+    return versions
 
 
 def _singan_rows(parents: list[_Item], job: ExpandJob, device: str, versions: str, rejects: list[dict],
@@ -335,6 +402,7 @@ def _singan_rows(parents: list[_Item], job: ExpandJob, device: str, versions: st
                                 noise_gain=job.singan_noise_gain)
     chash = dataclass_hash(config)
     sifid = _sifid_scorer(job.sifid_weights, device)
+    prior, prior_id = _prior(job.singan_prior, device) if job.singan_prior is not None else (None, None)
     # 1. trainees: (image, sample id it is seeded by, the parents regenerated through it)
     if job.singan_train_on == "source":
         if sources is None:
@@ -354,16 +422,17 @@ def _singan_rows(parents: list[_Item], job: ExpandJob, device: str, versions: st
         injections = [[(p.image, [derive_seed(derive_seed(job.seed, "singan", p.row["sample_id"]), j)
                                   for j in range(job.regenerations)]) for p in members] for _, _, members in group]
         start_scale, outputs = regenerate_injected([image for image, _, _ in group], config, train_seeds, sample,
-                                                   injections, device)
+                                                   injections, device, prior=prior)
         for (_, _, members), seed, per_member in zip(group, train_seeds, outputs):
             for parent, outs in zip(members, per_member):
-                items += _regeneration_items(parent, outs, seed, start_scale, chash, sample, job, versions, sifid, rejects)
+                items += _regeneration_items(parent, outs, seed, start_scale, chash, sample, job, versions, sifid,
+                                             rejects, prior_id)
     return items
 
 
 def _regeneration_items(parent: _Item, outs: list[np.ndarray], seed: int, start_scale: int, chash: str,
                         sample: SinGANSampleConfig, job: ExpandJob, versions: str, sifid,
-                        rejects: list[dict]) -> list[_Item]:
+                        rejects: list[dict], prior_id: str | None = None) -> list[_Item]:
     """Rows of one parent's regenerations, scored against the parent (the image that was injected) and gated."""
     p = parent.row
     items = []
@@ -373,6 +442,8 @@ def _regeneration_items(parent: _Item, outs: list[np.ndarray], seed: int, start_
             quality["sifid"] = sifid(parent.image, out)
         singan_params = {"config": chash, "start_scale": start_scale, "sample": j, "noise_gain": sample.noise_gain,
                          "train_on": job.singan_train_on}
+        if prior_id is not None:  # ids of runs without a prior stay as they were
+            singan_params["prior"] = prior_id
         # model_versions: this run's (a parent that is an original carries its prepare run's)
         row = {**p, "stage": "singan", "singan_start_scale": start_scale, "singan_sample": j, "seed": seed,
                "model_versions": versions, "quality": quality, "label_kind": "inherited" if p["stage"] == "original" else p["label_kind"],

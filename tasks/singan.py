@@ -18,18 +18,21 @@ from models.singan import (
     ProgressFn,
     SinGANBank,
     SinGANConfig,
+    SinGANPrior,
     bank_from_state,
     bank_state,
     preset,
     pyramid_sizes,
     regenerate,
     train_bank,
+    train_prior,
 )
 from tasks.errors import RejectError
 from tasks.tensors import tensor_to_uint8, uint8_to_tensor
 
 STAGE = "singan"
 BANK_KIND = "singan_bank"
+PRIOR_KIND = "singan_prior"
 ImageLike = np.ndarray | str | os.PathLike
 
 
@@ -103,25 +106,53 @@ def train_singan_bank(
     seeds: Sequence[int],
     device: str | torch.device | None = None,
     progress: ProgressFn | None = None,
+    prior: SinGANPrior | None = None,
 ) -> SinGANBank:
-    """Train one SinGAN per image, all in one bank (member k = images[k], seeded by seeds[k])."""
+    """Train one SinGAN per image, all in one bank (member k = images[k], seeded by seeds[k]); with a prior,
+    every member is fine-tuned from it for config.iters_per_scale iterations per scale."""
     config = resolve_config(config)
     if len(seeds) != len(images_rgb_uint8):
         raise ValueError(f"{len(images_rgb_uint8)} images but {len(seeds)} seeds")
     images = images_to_tensor(images_rgb_uint8, config)
-    return train_bank(images, config, [int(s) for s in seeds], device=resolve_device(device), progress=progress)
+    return train_bank(images, config, [int(s) for s in seeds], device=resolve_device(device), progress=progress,
+                      prior=prior)
+
+
+def train_singan_prior(
+    images_rgb_uint8: Sequence[ImageLike],
+    config: str | SinGANConfig,
+    seed: int,
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+    progress: ProgressFn | None = None,
+) -> SinGANPrior:
+    """A face prior (models.singan.train_prior) on same-size aligned faces: config.iters_per_scale
+    iterations per scale, each on batch_size faces."""
+    config = resolve_config(config)
+    images = images_to_tensor(images_rgb_uint8, config)
+    return train_prior(images, config, int(seed), batch_size=batch_size, device=resolve_device(device), progress=progress)
 
 
 def save_bank(bank: SinGANBank, directory: str | os.PathLike, extra: dict | None = None) -> Path:
     """safetensors + JSON card (config, sizes, train log); refuses to overwrite an existing bank."""
     tensors, meta = bank_state(bank)
-    return save_checkpoint(directory, tensors, kind=BANK_KIND, config=bank.config, extra={**meta, **(extra or {})})
+    kind = PRIOR_KIND if isinstance(bank, SinGANPrior) else BANK_KIND
+    return save_checkpoint(directory, tensors, kind=kind, config=bank.config, extra={**meta, **(extra or {})})
 
 
 def load_bank(directory: str | os.PathLike, device: str | torch.device | None = None) -> SinGANBank:
     tensors, card = load_checkpoint(directory, kind=BANK_KIND)
     config = config_from_dict(SinGANConfig, card["config"])
     return bank_from_state(config, tensors, card["extra"], device=resolve_device(device))
+
+
+def load_prior(directory: str | os.PathLike, device: str | torch.device | None = None) -> SinGANPrior:
+    """A face prior saved by save_bank (kind singan_prior; the tensors' hash is checked on load)."""
+    tensors, card = load_checkpoint(directory, kind=PRIOR_KIND)
+    config = config_from_dict(SinGANConfig, card["config"])
+    prior = bank_from_state(config, tensors, card["extra"], device=resolve_device(device))
+    assert isinstance(prior, SinGANPrior)
+    return prior
 
 
 def bank_version(directory: str | os.PathLike) -> str:
@@ -197,15 +228,16 @@ def regenerate_injected(
     injections: Sequence[Sequence[tuple[np.ndarray, Sequence[int]]]],
     device: str | torch.device | None = None,
     progress: ProgressFn | None = None,
+    prior: SinGANPrior | None = None,
 ) -> tuple[int, list[list[list[np.ndarray]]]]:
     """Train a bank on the train images, then regenerate other images through each member.
 
     injections[k]: the (image, sample seeds) pairs member k regenerates, each image injected at the start
     scale (one SinGAN per source face, its edits injected into it: issue 14). Returns (start_scale,
-    samples[k][e][i]) for member k, injected image e, sample i."""
+    samples[k][e][i]) for member k, injected image e, sample i. prior: warm-start every member from it."""
     if len(injections) != len(train_images_rgb_uint8):
         raise ValueError(f"{len(train_images_rgb_uint8)} train images but {len(injections)} injection lists")
-    bank = train_singan_bank(train_images_rgb_uint8, config, train_seeds, device, progress)
+    bank = train_singan_bank(train_images_rgb_uint8, config, train_seeds, device, progress, prior)
     start = sample.start_scale(bank)
     if start > bank.max_start_scale:
         raise ValueError(f"start scale {start} needs scales this preset skips (max {bank.max_start_scale}); "

@@ -226,17 +226,65 @@ def test_warp_then_ganimation_editor(prepared, checkpoint, tmp_path):
 
 
 def test_settings_added_later_leave_the_config_hash_of_older_runs_alone():
-    """source_aus and balance.group_regex at their defaults hash as before they existed (old outputs resume);
-    set, they change the hash."""
+    """source_aus, balance.group_regex and the SinGAN prior settings at their defaults hash as before they
+    existed (old outputs resume); set, they change the hash."""
     from manifests.schema import stable_hash
 
     settings = ExpandSettings(prepared="p", out="o")
     dump = settings.model_dump(mode="json", exclude={"device", "out", "fanout", "unit_deployment", "ganimation_batch",
-                                                     "source_aus"})
+                                                     "source_aus", "singan_prior_faces", "singan_prior_iters",
+                                                     "singan_prior_batch", "singan_finetune_iters"})
     del dump["plan"]["balance"]["group_regex"]
     assert settings.config_hash() == stable_hash(dump, 16)
     label = ExpandSettings(prepared="p", out="o", source_aus="label")
     grouped = ExpandSettings(prepared="p", out="o", plan=PlanSettings(kind="balance", balance={"group_regex": "(S[0-9]+)_"}))
     plain = ExpandSettings(prepared="p", out="o", plan=PlanSettings(kind="balance"))
-    assert len({settings.config_hash(), label.config_hash(), grouped.config_hash(), plain.config_hash()}) == 4
+    prior = ExpandSettings(prepared="p", out="o", singan_prior_faces=8)
+    assert len({settings.config_hash(), label.config_hash(), grouped.config_hash(), plain.config_hash(),
+                prior.config_hash()}) == 5
+    assert ExpandSettings(prepared="p", out="o", singan_prior_iters=50).config_hash() == settings.config_hash()
     assert label.job("r").source_aus == "label" and label.job("r").source_aus_range == (0.3, 0.6)
+
+
+PRIOR = dict(singan_overrides={"skip_coarse_scales": 1}, singan_prior_faces=3, singan_prior_iters=2,
+             singan_prior_batch=2, singan_finetune_iters=1)
+
+
+def test_face_prior_is_trained_once_shared_by_every_bank_and_resumed(prepared, checkpoint, tmp_path):
+    from models.checkpoints import checkpoint_id, read_card
+    from tasks.expand import ensure_singan_prior, load_original_rows, singan_config
+
+    out = tmp_path / "prior"
+    settings = _settings(prepared, checkpoint, out, **PRIOR)
+    expand(settings)
+    prior_dir = out / "singan_prior"
+    card = read_card(prior_dir)
+    train_ids = {r["sample_id"] for r in load_original_rows(prepared) if r["split"] == "train"}
+    assert card["kind"] == "singan_prior" and len(card["extra"]["face_sample_ids"]) == 3
+    assert set(card["extra"]["face_sample_ids"]) <= train_ids and card["extra"]["iters_per_scale"] == 2
+    rows = read_manifest(out).to_pylist()
+    regens = [r for r in rows if r["stage"] == "singan"]
+    assert len(regens) == 16 and verify(out).ok
+    assert all(f"singan_prior:{checkpoint_id(prior_dir)}" in r["model_versions"] for r in regens)
+    import dataclasses
+
+    warm_job = dataclasses.replace(settings.job("r"), singan_prior=str(prior_dir))
+    assert singan_config(warm_job).iters_per_scale == 1  # banks fine-tune for the given iterations
+    # without the prior the same plan gives other samples (other ids): the prior is part of what made them
+    cold = _settings(prepared, checkpoint, tmp_path / "cold", singan_overrides={"skip_coarse_scales": 1})
+    expand(cold)
+    cold_ids = {r["sample_id"] for r in read_manifest(tmp_path / "cold").to_pylist() if r["stage"] == "singan"}
+    assert cold_ids.isdisjoint({r["sample_id"] for r in regens})
+    # a re-run resumes: the prior is reused as it is, nothing is duplicated
+    stamp = {p.name: p.stat().st_mtime_ns for p in prior_dir.iterdir()}
+    before = _comparable(out)
+    expand(settings)
+    assert {p.name: p.stat().st_mtime_ns for p in prior_dir.iterdir()} == stamp and _comparable(out) == before
+    # a prior from other settings in that output is refused, not mixed in
+    with pytest.raises(RuntimeError, match="other settings.*iters_per_scale"):
+        ensure_singan_prior(prepared, out, load_original_rows(prepared), singan_config(settings.job("r")), 3, 5, 2, 7)
+    # the dry run counts the prior's one training
+    compute = describe_plan(settings)["compute"]
+    assert compute["singan_prior_faces"] == 3 and compute["singan_prior_cpu_s_estimate"] > 0
+    with pytest.raises(ValueError, match="skip_coarse_scales"):
+        _settings(prepared, checkpoint, out, singan_prior_faces=3)  # tiny trains its coarsest scale

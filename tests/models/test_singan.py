@@ -300,3 +300,100 @@ def test_state_round_trip_gives_the_same_samples(bank3):
     meta_bad = dict(meta, num_trained=meta["num_trained"] - 1)
     with pytest.raises(RuntimeError):  # strict loading: an unexpected scale's tensors are refused
         bank_from_state(bank.config, tensors, meta_bad)
+
+
+# --- face prior and warm starts (issue 14) -------------------------------------------------------------------
+
+PRIOR_CONFIG = dataclasses.replace(TEST_CONFIG, skip_coarse_scales=1, skip_noise_amp_factor=2.0)
+
+
+@pytest.fixture(scope="module")
+def prior6():
+    """A prior on six faces, three per iteration, float64 (so warm-started bank vs alone is rounding only)."""
+    from models.singan import train_prior
+
+    faces = _images(6, seed=5)
+    return train_prior(faces, PRIOR_CONFIG, seed=9, batch_size=3, dtype=torch.float64), faces
+
+
+def test_a_prior_learns_every_trained_scale_from_many_faces(prior6):
+    from models.singan import SinGANPrior
+
+    prior, faces = prior6
+    assert isinstance(prior, SinGANPrior) and prior.num_faces == 6 and prior.num_members == 1
+    assert prior.first_index == 1 and len(prior.generators) == len(prior.critics) == len(prior.sizes) - 1
+    assert [log["iterations"] for log in prior.train_log] == [PRIOR_CONFIG.iters_per_scale] * 2
+    # the noise amplitude of the first trained scale: factor x RMS over all six faces of (face - injected face)
+    pyr = [F.interpolate(faces.double(), size=s, mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+           if tuple(s) != tuple(faces.shape[-2:]) else faces.double() for s in prior.sizes]
+    up = F.interpolate(pyr[0], size=prior.sizes[1], mode="bicubic", align_corners=False).clamp(-1, 1)
+    torch.testing.assert_close(prior.noise_amps[1, 0], 2.0 * (pyr[1] - up).pow(2).mean().sqrt(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(prior.images[0], faces.double().mean(0))
+    # seeded: the same seed retrains the same prior, another seed another one
+    from models.singan import train_prior
+
+    again = train_prior(faces, PRIOR_CONFIG, seed=9, batch_size=3, dtype=torch.float64)
+    other = train_prior(faces, PRIOR_CONFIG, seed=10, batch_size=3, dtype=torch.float64)
+    key = "generators.1.net.0.weight"
+    assert torch.equal(again.state_dict()[key], prior.state_dict()[key])
+    assert not torch.allclose(other.state_dict()[key], prior.state_dict()[key])
+
+
+def test_a_warm_start_begins_at_the_prior_and_measures_each_members_own_noise(prior6):
+    prior, _ = prior6
+    images = _images(2, seed=8).double()
+    bank = train_bank(images, dataclasses.replace(PRIOR_CONFIG, iters_per_scale=0), [1, 2], dtype=torch.float64,
+                      prior=prior)
+    for index in range(prior.first_index, len(prior.sizes)):
+        for key, value in prior.generator(index).state_dict().items():
+            packed = bank.generator(index).state_dict()[key]
+            expected = value if value.ndim == 0 else torch.cat([value, value])
+            torch.testing.assert_close(packed, expected, msg=key)
+    assert bank.train_log[0]["warm_start"] and bank.train_log[0]["iterations"] == 0
+    # amplitudes are the bank's own (measured on its images), not the prior's
+    assert not torch.allclose(bank.noise_amps[1], prior.noise_amps[1].expand(2))
+    assert bank.noise_amps[1, 0] != bank.noise_amps[1, 1]
+
+
+def test_a_warm_started_bank_is_its_members_warm_started_alone(prior6):
+    prior, _ = prior6
+    images = _images(2, seed=8).double()
+    bank = train_bank(images, PRIOR_CONFIG, [1, 2], dtype=torch.float64, prior=prior)
+    for k in range(2):
+        alone = train_bank(images[k:k + 1], PRIOR_CONFIG, [k + 1], dtype=torch.float64, prior=prior)
+        member = bank.member(k).state_dict()
+        for key, value in alone.state_dict().items():
+            torch.testing.assert_close(member[key], value, atol=1e-6, rtol=1e-6, msg=key)
+    # fine-tuning moved the weights away from the prior's
+    key = "generators.1.net.0.weight"
+    assert not torch.allclose(bank.member(0).state_dict()[key], prior.state_dict()[key])
+
+
+def test_priors_that_do_not_fit_are_refused(prior6):
+    from models.singan import train_prior
+
+    prior, faces = prior6
+    images = _images(1).double()
+    with pytest.raises(ValueError, match="num_blocks"):
+        train_bank(images, dataclasses.replace(PRIOR_CONFIG, num_blocks=4), [1], dtype=torch.float64, prior=prior)
+    with pytest.raises(ValueError, match="pyramid"):
+        train_bank(_images(1, size_px=24).double(), PRIOR_CONFIG, [1], dtype=torch.float64, prior=prior)
+    with pytest.raises(ValueError, match="needs a prior"):
+        train_bank(images, dataclasses.replace(PRIOR_CONFIG, iters_per_scale=0), [1])
+    with pytest.raises(ValueError, match="skip_coarse_scales >= 1"):
+        train_prior(faces, TEST_CONFIG, seed=1)
+
+
+def test_prior_state_round_trip_keeps_its_critics(prior6):
+    from models.singan import SinGANPrior
+
+    prior, faces = prior6
+    tensors, meta = bank_state(prior)
+    assert any(k.startswith("critics.") for k in tensors) and meta["num_faces"] == 6
+    loaded = bank_from_state(prior.config, {k: v.clone() for k, v in tensors.items()}, meta)
+    assert isinstance(loaded, SinGANPrior) and loaded.num_faces == 6
+    for key, value in prior.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
+    s = prior.max_start_scale
+    torch.testing.assert_close(regenerate(loaded, 0, faces[0].double(), s, 2, [1, 2]),
+                               regenerate(prior, 0, faces[0].double(), s, 2, [1, 2]))

@@ -15,10 +15,12 @@ from tasks.errors import RejectError
 from tasks.tensors import tensor_to_uint8
 from tasks.singan import (
     BANK_KIND,
+    PRIOR_KIND,
     SinGANSampleConfig,
     derive_seed,
     images_to_tensor,
     load_bank,
+    load_prior,
     regenerate_faces,
     regenerate_faces_task,
     regenerate_images,
@@ -27,6 +29,7 @@ from tasks.singan import (
     save_bank,
     ssim_to_source,
     train_singan_bank,
+    train_singan_prior,
 )
 
 TEST_CONFIG = dataclasses.replace(
@@ -122,6 +125,31 @@ def test_load_refuses_other_checkpoints(tmp_path):
     other = save_checkpoint(tmp_path / "other", {"w": torch.zeros(1)}, kind="ganimation", config=SinGANConfig())
     with pytest.raises(CheckpointError, match=BANK_KIND):
         load_bank(other)
+
+
+def test_a_face_prior_saves_loads_and_warm_starts_banks(tmp_path):
+    """The prior is its own checkpoint kind (a bank loader refuses it and back); loaded, it warm-starts a bank
+    exactly as the prior in memory does."""
+    config = dataclasses.replace(TEST_CONFIG, skip_coarse_scales=1, skip_noise_amp_factor=2.0)
+    prior = train_singan_prior(_faces(4), config, seed=3, batch_size=2, device="cpu")
+    saved = save_bank(prior, tmp_path / "prior", extra={"face_sample_ids": ["a", "b", "c", "d"]})
+    with pytest.raises(CheckpointError, match=BANK_KIND):
+        load_bank(saved)
+    loaded = load_prior(saved, device="cpu")
+    assert loaded.num_faces == 4 and len(loaded.critics) == len(loaded.generators)
+    faces = _faces(2, 20)
+    sample = SinGANSampleConfig(num_samples=2, start_offset=1)
+    ours = regenerate_injected(faces, config, [1, 2], sample, [[(faces[0], [5, 6])], [(faces[1], [7, 8])]],
+                               device="cpu", prior=prior)
+    theirs = regenerate_injected(faces, config, [1, 2], sample, [[(faces[0], [5, 6])], [(faces[1], [7, 8])]],
+                                 device="cpu", prior=loaded)
+    cold = regenerate_injected(faces, config, [1, 2], sample, [[(faces[0], [5, 6])], [(faces[1], [7, 8])]],
+                               device="cpu")
+    assert all(np.array_equal(a, b) for a, b in zip(ours[1][0][0], theirs[1][0][0]))
+    assert not np.array_equal(ours[1][0][0][0], cold[1][0][0][0])  # the warm start changed the model
+    bank = train_singan_bank(faces, config, [1, 2], device="cpu")
+    with pytest.raises(CheckpointError, match=PRIOR_KIND):
+        load_prior(save_bank(bank, tmp_path / "bank"))
 
 
 def test_regenerations_are_deterministic_per_seed(tiny_bank):
