@@ -651,9 +651,11 @@ def warm_prior(ws_dir: Path, prior_u8: np.ndarray, config: SinGANConfig, iters: 
     return load_saved_bank(path)
 
 
-def warm_bank(ws_dir: Path, held: dict, config: SinGANConfig, iters: int, prior=None, prior_name: str = "") -> tuple:
-    """Train (or load) one bank over all held-out faces, `iters` per scale, cold or from the prior."""
-    name = f"{'warm_' + prior_name if prior is not None else 'cold'}_it{iters}"
+def warm_bank(ws_dir: Path, held: dict, config: SinGANConfig, iters: int, prior=None, prior_name: str = "",
+              tag: str = "") -> tuple:
+    """Train (or load) one bank over all held-out faces, `iters` per scale, cold or from the prior; `tag`
+    names a config other than the default preset."""
+    name = f"{'warm_' + prior_name if prior is not None else 'cold'}{tag}_it{iters}"
     path = ws_dir / "banks" / f"{name}.pt"
     if not path.exists():
         images = torch.from_numpy(np.stack(list(held.values()))).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -668,9 +670,11 @@ def warm_bank(ws_dir: Path, held: dict, config: SinGANConfig, iters: int, prior=
 
 def section_warm_start(ws_dir: Path, ck48_root: Path, part: str, config: SinGANConfig, prior_faces: int,
                        prior_iters: int, prior_batch: int, warm_iters: list[int], cold_iters: list[int],
-                       gains: list[float], size_px: int, out_json: Path | None) -> dict | None:
+                       gains: list[float], size_px: int, out_json: Path | None, tag: str = "",
+                       offsets: tuple[int, ...] = (1,)) -> dict | None:
     """part 'prior' (prior, then warm banks), 'cold' (cold banks) or 'measure' (all saved banks: samples
-    from N-1 at each gain, issue 14's metrics per face against the face)."""
+    from each start N-offset at each gain, issue 14's metrics per face against the face). tag: banks of a
+    config other than the default preset (cold only)."""
     prior_u8, held = warm_faces(ws_dir, ck48_root, prior_faces, 3, size_px)
     prior_name = f"p{len(prior_u8)}_it{prior_iters}_b{prior_batch}"
     if part == "prior":
@@ -680,13 +684,13 @@ def section_warm_start(ws_dir: Path, ck48_root: Path, part: str, config: SinGANC
         return None
     if part == "cold":
         for iters in cold_iters:
-            warm_bank(ws_dir, held, config, iters)
+            warm_bank(ws_dir, held, config, iters, tag=tag)
         return None
     prior_meta = torch.load(ws_dir / f"prior_it{prior_iters}_b{prior_batch}_p{len(prior_u8)}.pt",
                             weights_only=True)["meta"]
     rows = []
     banks = [("warm", i, ws_dir / "banks" / f"warm_{prior_name}_it{i}.pt") for i in warm_iters]
-    banks += [("cold", i, ws_dir / "banks" / f"cold_it{i}.pt") for i in cold_iters]
+    banks += [("cold" + tag, i, ws_dir / "banks" / f"cold{tag}_it{i}.pt") for i in cold_iters]
     for mode, iters, path in banks:
         if not path.exists():
             print(f"  {path.name}: not trained, skipped")
@@ -694,26 +698,32 @@ def section_warm_start(ws_dir: Path, ck48_root: Path, part: str, config: SinGANC
         bank, meta = load_saved_bank(path)
         for k, face in enumerate(meta["faces"]):
             single = bank.member(k)
-            for gain in gains:
-                samples = draw_samples(single, held[face], single.coarsest_scale - 1, gain, seed=k)
+            for offset, gain in [(o, g) for o in offsets for g in gains]:
+                if single.coarsest_scale - offset > single.max_start_scale:
+                    continue
+                samples = draw_samples(single, held[face], single.coarsest_scale - offset, gain, seed=k)
                 rows.append({"mode": mode, "iters": iters, "face": face, "gain": gain,
+                             "start": "N" if offset == 0 else f"N-{offset}",
                              "train_cpu_s_per_face": meta["cpu_s"] / len(meta["faces"]),
                              **sample_metrics(samples, held[face])})
     print(f"\n== warm start from a face prior ({prior_name}: {prior_meta['cpu_s']:.0f} CPU s once) vs cold, "
           f"N-1, {DIV_SAMPLES} samples per face; metrics vs the face ==")
-    print("  mode  it/scale gain  group   faces  blur-div   SSIM  realism  lmk px (max)  train CPU s/face")
+    print("  mode   it/scale start gain  group   faces  blur-div   SSIM  realism  lmk px (max)  train CPU s/face")
     summary = []
     groups = {"ck48": lambda f: f.startswith("ck_"), "photos": lambda f: not f.startswith("ck_"), "all": lambda f: True}
+    starts = ["N" if o == 0 else f"N-{o}" for o in offsets]
     for mode, iters, _ in banks:
-        for gain in gains:
+        for start, gain in [(st, g) for st in starts for g in gains]:
             for group, keep in groups.items():
-                rs = [r for r in rows if r["mode"] == mode and r["iters"] == iters and r["gain"] == gain and keep(r["face"])]
+                rs = [r for r in rows if r["mode"] == mode and r["iters"] == iters and r["gain"] == gain
+                      and r["start"] == start and keep(r["face"])]
                 if not rs:
                     continue
                 mean = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if isinstance(rs[0][k], float)}
                 mean["landmark_px_max"] = float(np.max([r["landmark_px_max"] for r in rs]))
-                summary.append({"mode": mode, "iters": iters, "gain": gain, "group": group, "faces": len(rs), **mean})
-                print(f"  {mode:5s} {iters:6d} {gain:5g}  {group:7s} {len(rs):5d}  {mean['blurred_diversity']:8.4f}  "
+                summary.append({"mode": mode, "iters": iters, "start": start, "gain": gain, "group": group,
+                                "faces": len(rs), **mean})
+                print(f"  {mode:6s} {iters:6d} {start:5s} {gain:4g}  {group:7s} {len(rs):5d}  {mean['blurred_diversity']:8.4f}  "
                       f"{mean['ssim']:.3f}  {mean['realism']:7.3f}  {mean['landmark_px']:5.2f} ({mean['landmark_px_max']:4.2f})  "
                       f"{mean['train_cpu_s_per_face']:8.1f}")
     result = {"prior": {"name": prior_name, "faces": len(prior_u8), "iters_per_scale": prior_iters,
@@ -739,6 +749,110 @@ def write_warm_grid(ws_dir: Path, bank_names: list[str], gain: float, path: Path
             gap = np.full((image.shape[0], 2, 3), 255, np.uint8)
             rows.append(np.concatenate([image, gap, gap] + [x for s in samples for x in (s, gap)], axis=1))
         rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    path.write_bytes(encode_png_rgb(np.ascontiguousarray(np.concatenate(rows, axis=0))))
+
+
+
+WS_EDITS = {"surprise": 1, "happy": 4}  # large geometric edits: an open mouth and brows up; a smile
+
+
+def warm_edits(ws_dir: Path, held: dict) -> dict:
+    """Landmark-warp edits of every held-out face toward surprise and happiness (EMFACS prototypes at 0.6-0.9,
+    from a neutral start), cached in ws_dir/edits.npz as {face/edit: image}. Landmarks: tasks.landmarks with
+    the face box found by dlib (the CK+48 crops were not made by the project's aligner)."""
+    cache = ws_dir / "edits.npz"
+    if cache.exists():
+        return dict(np.load(cache))
+    from tasks.au_shape import load_au_shape
+    from tasks.landmarks import LandmarkDetector
+    from tasks.targets import prototype_centre
+    from tasks.warp import WarpEditor
+
+    detector, editor = LandmarkDetector(face_box="find"), WarpEditor(load_au_shape(None))
+    out = {}
+    for face, image in held.items():
+        points = detector.detect(image)
+        for edit, emotion in WS_EDITS.items():
+            result = editor.edit(image, points, None, prototype_centre(emotion, (0.6, 0.9)))
+            out[f"{face}/{edit}"] = result.image
+    np.savez(cache, **out)
+    return out
+
+
+def section_edits_per_source(ws_dir: Path, held: dict, part: str, config: SinGANConfig, prior_name: str,
+                             warm_iters: int, gain: float, out_json: Path | None) -> dict | None:
+    """Real landmark-warp edits (an open-mouthed surprise, a smile) through one SinGAN per source (cold, and
+    warm-started from the prior) vs one SinGAN trained on the edit itself: 8 samples from N-1 at `gain`,
+    metrics against the edit, and the landmarks' distance to the unedited source."""
+    from benchmarks.landmarks_bench import landmark_shift_px
+
+    edits = warm_edits(ws_dir, held)
+    names = sorted(edits)
+    if part == "per_edit":
+        path = ws_dir / "banks" / "per_edit_it100.pt"
+        if not path.exists():
+            images = torch.from_numpy(np.stack([edits[n] for n in names])).permute(0, 3, 1, 2).float() / 127.5 - 1
+            cpu0 = time.process_time()
+            bank = train_bank(images, dataclasses.replace(config, iters_per_scale=100),
+                              [3000 + i for i in range(len(names))])
+            _save_blob(path, bank, {"cpu_s": time.process_time() - cpu0, "config": dataclasses.asdict(bank.config),
+                                    "faces": names})
+        return None
+    modes = {"per source, cold": ws_dir / "banks" / "cold_it100.pt",
+             f"per source, prior + {warm_iters} it": ws_dir / "banks" / f"warm_{prior_name}_it{warm_iters}.pt",
+             "per edit, cold": ws_dir / "banks" / "per_edit_it100.pt"}
+    rows = []
+    for mode, path in modes.items():
+        if not path.exists():
+            print(f"  {path.name}: not trained, skipped")
+            continue
+        bank, meta = load_saved_bank(path)
+        for name in names:
+            face, edit = name.split("/")
+            k = meta["faces"].index(name if mode.startswith("per edit") else face)
+            single = bank.member(k)
+            samples = draw_samples(single, edits[name], single.coarsest_scale - 1, gain, seed=k)
+            rows.append({"mode": mode, "face": face, "edit": edit,
+                         "edit_landmark_px": landmark_shift_px([edits[name]], held[face])[0],
+                         "landmark_px_to_source": float(np.mean(landmark_shift_px(list(samples), held[face]))),
+                         **sample_metrics(samples, edits[name])})
+    print(f"\n== real warp edits: one SinGAN per source (edit injected) vs per edit, N-1, gain {gain:g}; metrics vs the edit ==")
+    print("  mode                          edit      faces  blur-div   SSIM  realism  lmk px to edit  to source  (edit moved)")
+    summary = []
+    for mode in modes:
+        for edit in [*WS_EDITS, "all"]:
+            rs = [r for r in rows if r["mode"] == mode and (edit == "all" or r["edit"] == edit)]
+            if not rs:
+                continue
+            mean = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if isinstance(rs[0][k], float)}
+            summary.append({"mode": mode, "edit": edit, "faces": len(rs), **mean})
+            print(f"  {mode:29s} {edit:9s} {len(rs):5d}  {mean['blurred_diversity']:8.4f}  {mean['ssim']:.3f}  "
+                  f"{mean['realism']:7.3f}  {mean['landmark_px']:14.2f}  {mean['landmark_px_to_source']:9.2f}  "
+                  f"({mean['edit_landmark_px']:.2f})")
+    result = {"gain": gain, "rows": rows, "summary": summary}
+    if out_json is not None:
+        out_json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def write_edit_grid(ws_dir: Path, bank_names: list[str], gain: float, path: Path, num: int = 4) -> None:
+    """PNG: per face and edit: the source, the edit, then `num` samples of each bank (per-edit banks draw the
+    edit through the edit's own member)."""
+    from manifests.dataset import encode_png_rgb
+
+    edits = dict(np.load(ws_dir / "edits.npz"))
+    held = dict(np.load(ws_dir / "faces.npz"))
+    banks = [load_saved_bank(ws_dir / "banks" / f"{n}.pt") for n in bank_names]
+    rows = []
+    for name in sorted(edits):
+        face = name.split("/")[0]
+        gap = np.full((edits[name].shape[0], 4, 3), 255, np.uint8)
+        tiles = [held[f"held_{face}"], gap, edits[name], gap]
+        for bank, meta in banks:
+            k = meta["faces"].index(name if name in meta["faces"] else face)
+            single = bank.member(k)
+            tiles += [*draw_samples(single, edits[name], single.coarsest_scale - 1, gain, seed=k, num=num), gap]
+        rows.append(np.concatenate(tiles, axis=1))
     path.write_bytes(encode_png_rgb(np.ascontiguousarray(np.concatenate(rows, axis=0))))
 
 
@@ -778,6 +892,11 @@ def main() -> None:
     parser.add_argument("--ws-cold-iters", default="25,50,100", help="iterations per scale without the prior")
     parser.add_argument("--ws-gains", default="2,4,6")
     parser.add_argument("--ws-size", type=int, default=64)
+    parser.add_argument("--ws-starts", default="1", help="start offsets from the coarsest scale to measure (0 = N)")
+    parser.add_argument("--ws-edits", choices=["per_edit", "measure"],
+                        help="real warp edits per source (cold, warm) vs per edit: train the per-edit banks or measure")
+    parser.add_argument("--ws-edit-warm-iters", type=int, default=25, help="the warm bank the edit section uses")
+    parser.add_argument("--ws-edit-grid", help="comma list of bank names: edit sample grid at the first gain, then exit")
     parser.add_argument("--ws-grid", help="comma list of bank names: write a sample grid at the first gain, then exit")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -785,15 +904,28 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes per scale: let cuDNN pick its fastest kernels
+    if args.ws_edits:
+        prior_u8, held = warm_faces(Path(args.ws_dir), Path(args.ws_ck48), args.ws_prior_faces, 3, args.ws_size)
+        prior_name = f"p{len(prior_u8)}_it{args.ws_prior_iters}_b{args.ws_prior_batch}"
+        section_edits_per_source(Path(args.ws_dir), held, args.ws_edits, preset(args.ws_config), prior_name,
+                                 args.ws_edit_warm_iters, float(args.ws_gains.split(",")[0]),
+                                 Path(args.json) if args.json else None)
+        return
+    if args.ws_edit_grid:
+        write_edit_grid(Path(args.ws_dir), args.ws_edit_grid.split(","), float(args.ws_gains.split(",")[0]), Path(args.json))
+        return
     if args.ws_grid:
         write_warm_grid(Path(args.ws_dir), args.ws_grid.split(","), float(args.ws_gains.split(",")[0]), Path(args.json))
         return
     if args.warm_start:
         ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
-        section_warm_start(Path(args.ws_dir), Path(args.ws_ck48), args.warm_start, preset(args.ws_config),
+        named = args.ws_config in DIVERSITY_CONFIGS
+        section_warm_start(Path(args.ws_dir), Path(args.ws_ck48), args.warm_start,
+                           diversity_config(args.ws_config) if named else preset(args.ws_config),
                            args.ws_prior_faces, args.ws_prior_iters, args.ws_prior_batch, ints(args.ws_iters),
                            ints(args.ws_cold_iters), [float(x) for x in args.ws_gains.split(",")], args.ws_size,
-                           Path(args.json) if args.json else None)
+                           Path(args.json) if args.json else None, tag="" if args.ws_config == "fast" else "_" + args.ws_config,
+                           offsets=tuple(ints(args.ws_starts)))
         return
     if args.div_train:
         section_diversity_train(Path(args.div_dir), args.div_faces.split(","), args.div_train.split(","))

@@ -412,8 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--singan-start", default="N-1", type=_singan_start,
                    help="scale the image is injected at: N-1 (default) or N-2; N needs a preset that trains every scale")
     p.add_argument("--singan-noise-gain", type=float, default=4.0, help="noise multiplier at the start scale")
-    p.add_argument("--singan-train-on", default="source", choices=["source", "edit"],
-                   help="one SinGAN per source face with its edits injected (default), or one per edit")
+    p.add_argument("--singan-train-on", default="edit", choices=["source", "edit"],
+                   help="one SinGAN per edit (default), or one per source face with its edits injected (N times "
+                        "fewer trainings; it paints the source's mouth back into large edits)")
     p.add_argument("--bank-size", type=_positive_int, default=16, help="faces trained together in one SinGAN bank")
     p.add_argument("--singan-prior-faces", type=int, default=0, metavar="P",
                    help="warm starts: train a SinGAN face prior once on P train faces (written to OUT/singan_prior, "

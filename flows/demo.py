@@ -36,9 +36,9 @@ DEMO_GANIMATION = TrainGANimationConfig(
 DEMO_GANIMATION_EPOCHS = 8
 # SinGAN on a demo budget: 40 iterations per scale and narrow nets. The default `fast` preset's noisy N-1
 # start needs its full 100 iterations (undertrained, it paints a patchwork), so the demo uses `fast_skip2`
-# at gain 2. For the photos it trains one SinGAN per edit: SinGANs this short, trained once per source face,
-# pulled the photos' large edits back toward the source's expression (looked at: a surprised mouth closing
-# into the source's smile), which would mislabel the regenerations.
+# at gain 2. Both parts train one SinGAN per edit (the default): SinGANs trained once per source face pull
+# large edits back toward the source's expression (looked at: a surprised mouth closing into the source's
+# smile), which would mislabel the regenerations.
 DEMO_SINGAN = {"preset": "fast_skip2", "overrides": {"iters_per_scale": 40, "base_channels": 16},
                "start": "N-2", "noise_gain": 2.0}
 REAL_SINGAN_START = "N-3"

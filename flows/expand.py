@@ -93,7 +93,9 @@ class ExpandSettings(BaseModel):
     singan_start: str = Field("N-1", pattern=r"^N(-[0-9]+)?$", description="scale the image is injected at")
     singan_noise_gain: float = Field(4.0, ge=0, description="noise multiplier at the start scale (1 = as trained)")
     singan_train_on: Literal["source", "edit"] = Field(
-        "source", description="one SinGAN per source face with its edits injected at the start scale, or one per edit")
+        "edit", description="one SinGAN per edit (trained on the edit), or one per source face with its edits injected "
+                            "at the start scale (N times fewer trainings, but it paints the source's mouth back into "
+                            "large edits: docs/singan-diversity.md)")
     bank_size: int = Field(16, ge=1, description="faces trained together in one SinGAN bank")
     singan_prior_faces: int = Field(
         0, ge=0, description="train a SinGAN face prior once per run on this many train faces (a seeded choice), "

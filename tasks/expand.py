@@ -86,7 +86,7 @@ class ExpandJob:
     singan_overrides: tuple[tuple[str, float | int | bool], ...] = ()  # SinGANConfig fields changed from the preset
     singan_start: str = "N-1"              # "N", "N-1", "N-2", ... counted from the coarsest scale N
     singan_noise_gain: float = 4.0         # noise multiplier at the start scale (1 = as trained)
-    singan_train_on: Literal["source", "edit"] = "source"  # one SinGAN per source (edits injected) or per edit
+    singan_train_on: Literal["source", "edit"] = "edit"  # one SinGAN per edit, or per source (edits injected)
     bank_size: int = 16                    # faces trained together in one SinGAN bank
     singan_prior: str | None = None        # face prior dir (ensure_singan_prior): banks are fine-tuned from it
     singan_finetune_iters: int | None = None  # iterations per scale from the prior (None: the preset's)
@@ -391,9 +391,10 @@ def _singan_rows(parents: list[_Item], job: ExpandJob, device: str, versions: st
                  sources: dict[str, _Item] | None = None) -> list[_Item]:
     """M regenerations of each parent (an edit, or an original when there are no edits).
 
-    singan_train_on="source" (default): one SinGAN per source face, trained on the original, and every edit
-    of that source injected into it at the start scale (N edits, one training). "edit": one SinGAN per
-    parent, trained on the parent itself. Banks hold bank_size trainees either way. Seeds hang on sample ids
+    singan_train_on="edit" (default): one SinGAN per parent, trained on the parent itself. "source": one
+    SinGAN per source face, trained on the original, and every edit of that source injected into it at the
+    start scale (N edits, one training; its finer scales paint the source's texture back into large edits,
+    e.g. teeth into an opened mouth). Banks hold bank_size trainees either way. Seeds hang on sample ids
     (the trainee's for training, the parent's for sampling), never on how trainees were grouped."""
     if job.regenerations <= 0 or not parents:
         return []
