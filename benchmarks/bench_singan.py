@@ -483,7 +483,7 @@ def section_expand_cost(div_dir: Path, sizes: list[int], new_config: SinGANConfi
         n = bank.coarsest_scale
         cpu0 = time.process_time()
         for i in range(10):
-            regenerate(bank, 0, face[0], n - 1, 1, [i], 1.0)
+            regenerate(bank, 0, face[0], n - 1, 1, [i], 1.0, residual=True)  # the default sampling: + its noise-free pass
         sample_s = (time.process_time() - cpu0) / 10
         today_s = edits * row["today (fast_skip2)"]["train_cpu_s"] + edits * regenerations * sample_s
         new_s = row["new"]["train_cpu_s"] + edits * regenerations * sample_s
@@ -532,12 +532,13 @@ def sample_metrics(samples_u8: np.ndarray, reference_u8: np.ndarray) -> dict[str
     }
 
 
-def draw_samples(bank, image_u8: np.ndarray, start_scale: int, gain: float, seed: int, num: int = DIV_SAMPLES) -> np.ndarray:
+def draw_samples(bank, image_u8: np.ndarray, start_scale: int, gain: float, seed: int, num: int = DIV_SAMPLES,
+                 residual: bool = False) -> np.ndarray:
     from models.singan import regenerate
     from tasks.tensors import tensor_to_uint8, uint8_to_tensor
 
     image = uint8_to_tensor(image_u8[None])[0]
-    out = regenerate(bank, 0, image, start_scale, num, [seed * 100 + i for i in range(num)], gain)
+    out = regenerate(bank, 0, image, start_scale, num, [seed * 100 + i for i in range(num)], gain, residual)
     return tensor_to_uint8(out)
 
 
@@ -799,8 +800,10 @@ def section_edits_per_source(ws_dir: Path, held: dict, part: str, config: SinGAN
                                     "faces": names})
         return None
     modes = {"per source, cold": ws_dir / "banks" / "cold_it100.pt",
+             "per source, residual": ws_dir / "banks" / "cold_it100.pt",
              f"per source, prior + {warm_iters} it": ws_dir / "banks" / f"warm_{prior_name}_it{warm_iters}.pt",
-             "per edit, cold": ws_dir / "banks" / "per_edit_it100.pt"}
+             "per edit, cold": ws_dir / "banks" / "per_edit_it100.pt",
+             "per edit, residual": ws_dir / "banks" / "per_edit_it100.pt"}
     rows = []
     for mode, path in modes.items():
         if not path.exists():
@@ -811,7 +814,8 @@ def section_edits_per_source(ws_dir: Path, held: dict, part: str, config: SinGAN
             face, edit = name.split("/")
             k = meta["faces"].index(name if mode.startswith("per edit") else face)
             single = bank.member(k)
-            samples = draw_samples(single, edits[name], single.coarsest_scale - 1, gain, seed=k)
+            samples = draw_samples(single, edits[name], single.coarsest_scale - 1, gain, seed=k,
+                                   residual=mode.endswith("residual"))
             rows.append({"mode": mode, "face": face, "edit": edit,
                          "edit_landmark_px": landmark_shift_px([edits[name]], held[face])[0],
                          "landmark_px_to_source": float(np.mean(landmark_shift_px(list(samples), held[face]))),
@@ -837,21 +841,22 @@ def section_edits_per_source(ws_dir: Path, held: dict, part: str, config: SinGAN
 
 def write_edit_grid(ws_dir: Path, bank_names: list[str], gain: float, path: Path, num: int = 4) -> None:
     """PNG: per face and edit: the source, the edit, then `num` samples of each bank (per-edit banks draw the
-    edit through the edit's own member)."""
+    edit through the edit's own member; a name ending in ':residual' draws residual samples)."""
     from manifests.dataset import encode_png_rgb
 
     edits = dict(np.load(ws_dir / "edits.npz"))
     held = dict(np.load(ws_dir / "faces.npz"))
-    banks = [load_saved_bank(ws_dir / "banks" / f"{n}.pt") for n in bank_names]
+    banks = [(*load_saved_bank(ws_dir / "banks" / f"{n.split(':')[0]}.pt"), n.endswith(":residual")) for n in bank_names]
     rows = []
     for name in sorted(edits):
         face = name.split("/")[0]
         gap = np.full((edits[name].shape[0], 4, 3), 255, np.uint8)
         tiles = [held[f"held_{face}"], gap, edits[name], gap]
-        for bank, meta in banks:
+        for bank, meta, residual in banks:
             k = meta["faces"].index(name if name in meta["faces"] else face)
             single = bank.member(k)
-            tiles += [*draw_samples(single, edits[name], single.coarsest_scale - 1, gain, seed=k, num=num), gap]
+            tiles += [*draw_samples(single, edits[name], single.coarsest_scale - 1, gain, seed=k, num=num,
+                                    residual=residual), gap]
         rows.append(np.concatenate(tiles, axis=1))
     path.write_bytes(encode_png_rgb(np.ascontiguousarray(np.concatenate(rows, axis=0))))
 

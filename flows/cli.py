@@ -195,7 +195,8 @@ def _expand_settings(args: argparse.Namespace):
         editor=args.editor, au_shape=args.au_shape, source_aus=args.source_aus,
         plan=PlanSettings(**plan), regenerations=args.regenerations, singan_preset=args.singan_preset,
         singan_start=args.singan_start, singan_noise_gain=args.singan_noise_gain,
-        singan_train_on=args.singan_train_on, bank_size=args.bank_size, unit_size=args.unit_size, seed=args.seed,
+        singan_train_on=args.singan_train_on, singan_residual=args.singan_sampling == "residual",
+        bank_size=args.bank_size, unit_size=args.unit_size, seed=args.seed,
         singan_prior_faces=args.singan_prior_faces, singan_prior_iters=args.singan_prior_iters,
         singan_prior_batch=args.singan_prior_batch, singan_finetune_iters=args.singan_finetune_iters,
         limit_sources=args.limit_sources, singan_overrides=dict(_parse_overrides(args.singan_set)),
@@ -411,10 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change one SinGANConfig field of the preset, e.g. iters_per_scale=200 (repeatable)")
     p.add_argument("--singan-start", default="N-1", type=_singan_start,
                    help="scale the image is injected at: N-1 (default) or N-2; N needs a preset that trains every scale")
-    p.add_argument("--singan-noise-gain", type=float, default=4.0, help="noise multiplier at the start scale")
-    p.add_argument("--singan-train-on", default="edit", choices=["source", "edit"],
-                   help="one SinGAN per edit (default), or one per source face with its edits injected (N times "
-                        "fewer trainings; it paints the source's mouth back into large edits)")
+    p.add_argument("--singan-noise-gain", type=float, default=3.0, help="noise multiplier at the start scale (default 3)")
+    p.add_argument("--singan-train-on", default="source", choices=["source", "edit"],
+                   help="one SinGAN per source face with its edits injected (default), or one per edit")
+    p.add_argument("--singan-sampling", default="residual", choices=["residual", "plain"],
+                   help="residual (default): each regeneration is the injected image plus the variation the noise "
+                        "draws; plain: SinGAN's own output (a per-source SinGAN then paints the source's mouth back "
+                        "into large edits)")
     p.add_argument("--bank-size", type=_positive_int, default=16, help="faces trained together in one SinGAN bank")
     p.add_argument("--singan-prior-faces", type=int, default=0, metavar="P",
                    help="warm starts: train a SinGAN face prior once on P train faces (written to OUT/singan_prior, "

@@ -36,9 +36,9 @@ DEMO_GANIMATION = TrainGANimationConfig(
 DEMO_GANIMATION_EPOCHS = 8
 # SinGAN on a demo budget: 40 iterations per scale and narrow nets. The default `fast` preset's noisy N-1
 # start needs its full 100 iterations (undertrained, it paints a patchwork), so the demo uses `fast_skip2`
-# at gain 2. Both parts train one SinGAN per edit (the default): SinGANs trained once per source face pull
-# large edits back toward the source's expression (looked at: a surprised mouth closing into the source's
-# smile), which would mislabel the regenerations.
+# at gain 2. Both parts train one SinGAN per source face with its edits injected (the default), with
+# residual sampling (the default): plain samples of a source's SinGAN pulled the photos' large edits back
+# toward the source's expression (looked at: a surprised mouth closing into the source's smile).
 DEMO_SINGAN = {"preset": "fast_skip2", "overrides": {"iters_per_scale": 40, "base_channels": 16},
                "start": "N-2", "noise_gain": 2.0}
 REAL_SINGAN_START = "N-3"
@@ -86,7 +86,7 @@ def demo(out: str = "demo-out", device: str | None = None) -> dict:
         prepared=str(root / "prepared-real"), out=str(root / "expanded-real"), run_name="demo", editor="warp",
         plan=PlanSettings(kind="emotion", per_source=None, emotion=REAL_EMOTIONS), regenerations=2,
         singan_preset=DEMO_SINGAN["preset"], singan_overrides=DEMO_SINGAN["overrides"], singan_start=REAL_SINGAN_START,
-        singan_noise_gain=DEMO_SINGAN["noise_gain"], singan_train_on="edit", bank_size=16, unit_size=16, seed=REAL_SEED,
+        singan_noise_gain=DEMO_SINGAN["noise_gain"], bank_size=16, unit_size=16, seed=REAL_SEED,
         limit_sources=REAL_SOURCES, device=device))
 
     minutes = (time.perf_counter() - t0) / 60

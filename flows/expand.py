@@ -91,11 +91,14 @@ class ExpandSettings(BaseModel):
     singan_overrides: dict[str, float | int | bool] = Field(
         default_factory=dict, description="SinGANConfig fields to change from the preset, e.g. {'iters_per_scale': 200}")
     singan_start: str = Field("N-1", pattern=r"^N(-[0-9]+)?$", description="scale the image is injected at")
-    singan_noise_gain: float = Field(4.0, ge=0, description="noise multiplier at the start scale (1 = as trained)")
+    singan_noise_gain: float = Field(3.0, ge=0, description="noise multiplier at the start scale (1 = as trained)")
     singan_train_on: Literal["source", "edit"] = Field(
-        "edit", description="one SinGAN per edit (trained on the edit), or one per source face with its edits injected "
-                            "at the start scale (N times fewer trainings, but it paints the source's mouth back into "
-                            "large edits: docs/singan-diversity.md)")
+        "source", description="one SinGAN per source face with its edits injected at the start scale (N times fewer "
+                              "trainings), or one per edit")
+    singan_residual: bool = Field(
+        True, description="each regeneration = the injected image + the variation the noise draws (sample minus the "
+                          "noise-free pass); without it a per-source SinGAN paints the source's mouth back into large "
+                          "edits (docs/singan-diversity.md)")
     bank_size: int = Field(16, ge=1, description="faces trained together in one SinGAN bank")
     singan_prior_faces: int = Field(
         0, ge=0, description="train a SinGAN face prior once per run on this many train faces (a seeded choice), "
@@ -159,6 +162,8 @@ class ExpandSettings(BaseModel):
         # before them can still be resumed.
         if self.source_aus == "neutral":
             exclude = exclude | {"source_aus"}
+        if not self.singan_residual:
+            exclude = exclude | {"singan_residual"}
         if self.singan_prior_faces == 0:
             exclude = exclude | {"singan_prior_faces", "singan_prior_iters", "singan_prior_batch", "singan_finetune_iters"}
         if self.plan.balance.group_regex is None:
@@ -174,7 +179,7 @@ class ExpandSettings(BaseModel):
             regenerations=self.regenerations, singan_preset=self.singan_preset,
             singan_overrides=tuple(sorted(self.singan_overrides.items())), singan_start=self.singan_start,
             singan_noise_gain=self.singan_noise_gain, singan_train_on=self.singan_train_on,
-            singan_finetune_iters=self.singan_finetune_iters if self.singan_prior_faces else None,
+            singan_residual=self.singan_residual, singan_finetune_iters=self.singan_finetune_iters if self.singan_prior_faces else None,
             bank_size=self.bank_size, seed=self.seed, gate=self.gate, sifid_weights=self.sifid_weights,
             device=self.device)
 
@@ -346,6 +351,9 @@ def check_singan_start(settings: ExpandSettings, image_px: int) -> None:
         raise StartError(f"--singan-start {settings.singan_start}: SinGAN preset {settings.singan_preset!r} at "
                          f"{image_px} px has scales N={coarsest} .. 0, trained from N-{lowest}; "
                          f"choose N-{lowest} .. N-{coarsest}")
+    if offset == 0 and settings.singan_residual:
+        raise StartError("--singan-start N injects no image, so there is nothing to add the variation to: "
+                         "use --singan-sampling plain, or start at N-1")
 
 
 @task(name="expand-unit", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["gpu"])

@@ -18,10 +18,11 @@ class LossWeights:
     attention_tv: total variation of A as the sum of ABSOLUTE neighbour differences over the pixels of
         each image, averaged over the batch, weight 1e-4 per image. The official code sums absolute
         differences over the whole batch and weights that by 1e-5 (= 2.5e-4 per image at its batch of
-        25). Whether the paper's equation squares the differences is unchecked: the reference search
-        available when this was written returned no text of the equation (we recall a squared form, but
-        have not verified it). We keep the absolute form because it is what the published code trains
-        with, and the paper's weight 1e-4 per image so the weight does not depend on batch size. The
+        25). The paper's equation squares them (lambda_TV * E[sum_ij (A[i+1,j] - A[i,j])^2 + (A[i,j+1] -
+        A[i,j])^2], as transcribed in a public review of the paper; the PDF itself was not at hand). We
+        keep the absolute form because it is what the published code trains with (and what imported
+        weights were trained with), and the paper's weight 1e-4 per image so the weight does not depend
+        on batch size. The
         per-image sum grows with resolution (x4 per doubling), as in the official code.
     """
 

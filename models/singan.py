@@ -637,6 +637,7 @@ def regenerate(
     num_samples: int,
     seeds: list[int],
     noise_gain: float = 1.0,
+    residual: bool = False,
 ) -> torch.Tensor:
     """M variations of `image` [3, H, W] (in [-1, 1], the bank's size) by member `member`: [M, 3, H, W].
 
@@ -644,6 +645,12 @@ def regenerate(
     to scale s + 1 and upsampled to scale s (exactly what the coarser scales hand over in training), adds
     noise at scale s's amplitude times noise_gain and runs the generators s..0 (finer scales at their own
     amplitude). Sample i depends only on seeds[i].
+
+    residual: return image + (sample - the noise-free pass of the same injection), i.e. only the variation
+    the noise draws, added to the image itself. For a member trained on the image this is almost the plain
+    sample (its noise-free pass reproduces the image); for a member trained on another image (a source face,
+    with its edit injected) it keeps the injected image's own detail, which the member's finer scales would
+    otherwise repaint from their training image (an edited, opened mouth regrowing the source's teeth).
     """
     if len(seeds) != num_samples:
         raise ValueError(f"need one seed per sample: {num_samples} samples, {len(seeds)} seeds")
@@ -664,16 +671,28 @@ def regenerate(
         prev = single.start_prev(image.to(device=device, dtype=dtype)[None], first).expand(num_samples, -1, -1, -1)
     else:
         prev = torch.zeros(num_samples, 3, *single.sizes[0], device=device, dtype=dtype)
+    if residual and first == 0:
+        raise ValueError("residual sampling needs an injected image: start below the coarsest scale")
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    out = prev
-    for i in range(first, len(single.sizes)):
-        c = 1 if i == 0 else 3
-        z = torch.cat([_randn((1, c, *single.sizes[i]), g, dtype).expand(1, 3, *single.sizes[i]) for g in gens])
-        amp = single.noise_amps[i] * (noise_gain if i == first else 1.0)
-        out = single.generator(i)(z, prev, amp)
-        if i + 1 < len(single.sizes):
-            prev = _resize(out, single.sizes[i + 1])
+    out = _run_scales(single, prev, first, lambda i, shape: torch.cat(
+        [_randn((1, 1 if i == 0 else 3, *shape), g, dtype).expand(1, 3, *shape) for g in gens]), noise_gain)
+    if residual:
+        base = _run_scales(single, prev[:1], first,
+                           lambda i, shape: torch.zeros(1, 3, *shape, device=device, dtype=dtype), noise_gain)
+        out = image.to(device=device, dtype=dtype)[None] + (out.clamp(-1, 1) - base.clamp(-1, 1))
     return out.clamp(-1, 1)
+
+
+def _run_scales(bank: SinGANBank, prev: torch.Tensor, first: int, noise, noise_gain: float) -> torch.Tensor:
+    """The generators from list index `first` to the finest on `prev`; noise(i, (h, w)) gives scale i's
+    noise maps, scaled by its amplitude (times noise_gain at the first scale)."""
+    out = prev
+    for i in range(first, len(bank.sizes)):
+        amp = bank.noise_amps[i] * (noise_gain if i == first else 1.0)
+        out = bank.generator(i)(noise(i, bank.sizes[i]), prev, amp)
+        if i + 1 < len(bank.sizes):
+            prev = _resize(out, bank.sizes[i + 1])
+    return out
 
 
 @torch.no_grad()

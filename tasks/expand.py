@@ -85,8 +85,9 @@ class ExpandJob:
     singan_preset: str = "fast"
     singan_overrides: tuple[tuple[str, float | int | bool], ...] = ()  # SinGANConfig fields changed from the preset
     singan_start: str = "N-1"              # "N", "N-1", "N-2", ... counted from the coarsest scale N
-    singan_noise_gain: float = 4.0         # noise multiplier at the start scale (1 = as trained)
-    singan_train_on: Literal["source", "edit"] = "edit"  # one SinGAN per edit, or per source (edits injected)
+    singan_noise_gain: float = 3.0         # noise multiplier at the start scale (1 = as trained)
+    singan_train_on: Literal["source", "edit"] = "source"  # one SinGAN per source (edits injected) or per edit
+    singan_residual: bool = True           # sample = injected image + the variation the noise draws
     bank_size: int = 16                    # faces trained together in one SinGAN bank
     singan_prior: str | None = None        # face prior dir (ensure_singan_prior): banks are fine-tuned from it
     singan_finetune_iters: int | None = None  # iterations per scale from the prior (None: the preset's)
@@ -382,6 +383,8 @@ def singan_versions(job: ExpandJob) -> str:
     """The SinGAN part of model_versions: preset, config hash, what each SinGAN is trained on, and the face
     prior it was fine-tuned from (its content id), if any."""
     versions = f"singan:{job.singan_preset}-{dataclass_hash(singan_config(job))};singan_train_on:{job.singan_train_on}"
+    if job.singan_residual:
+        versions += ";singan_sampling:residual"
     if job.singan_prior is not None:
         versions += f";singan_prior:{checkpoint_id(job.singan_prior)}"
     return versions
@@ -391,16 +394,17 @@ def _singan_rows(parents: list[_Item], job: ExpandJob, device: str, versions: st
                  sources: dict[str, _Item] | None = None) -> list[_Item]:
     """M regenerations of each parent (an edit, or an original when there are no edits).
 
-    singan_train_on="edit" (default): one SinGAN per parent, trained on the parent itself. "source": one
-    SinGAN per source face, trained on the original, and every edit of that source injected into it at the
-    start scale (N edits, one training; its finer scales paint the source's texture back into large edits,
-    e.g. teeth into an opened mouth). Banks hold bank_size trainees either way. Seeds hang on sample ids
+    singan_train_on="source" (default): one SinGAN per source face, trained on the original, and every edit
+    of that source injected into it at the start scale (N edits, one training); with singan_residual (default)
+    each sample is the edit plus the variation the noise draws, since the source's finer scales would paint
+    the source's texture back into large edits (teeth into an opened mouth). "edit": one SinGAN per parent,
+    trained on the parent itself. Banks hold bank_size trainees either way. Seeds hang on sample ids
     (the trainee's for training, the parent's for sampling), never on how trainees were grouped."""
     if job.regenerations <= 0 or not parents:
         return []
     config = singan_config(job)
     sample = SinGANSampleConfig(start_offset=parse_start_offset(job.singan_start), num_samples=job.regenerations,
-                                noise_gain=job.singan_noise_gain)
+                                noise_gain=job.singan_noise_gain, residual=job.singan_residual)
     chash = dataclass_hash(config)
     sifid = _sifid_scorer(job.sifid_weights, device)
     prior, prior_id = _prior(job.singan_prior, device) if job.singan_prior is not None else (None, None)
@@ -443,6 +447,8 @@ def _regeneration_items(parent: _Item, outs: list[np.ndarray], seed: int, start_
             quality["sifid"] = sifid(parent.image, out)
         singan_params = {"config": chash, "start_scale": start_scale, "sample": j, "noise_gain": sample.noise_gain,
                          "train_on": job.singan_train_on}
+        if sample.residual:  # ids of plain sampling stay as they were
+            singan_params["residual"] = True
         if prior_id is not None:  # ids of runs without a prior stay as they were
             singan_params["prior"] = prior_id
         # model_versions: this run's (a parent that is an original carries its prepare run's)

@@ -100,33 +100,38 @@ def test_singan_only_and_ganimation_only(prepared, checkpoint, tmp_path):
     singan_rows = [r for r in read_manifest(tmp_path / "s").to_pylist() if r["stage"] == "singan"]
     assert all(r["label_kind"] == "inherited" and r["edit_kind"] == "none" for r in singan_rows)
     # regenerations of originals record this run's SinGAN, not the prepare run's versions they inherited
-    assert all("singan:tiny-" in r["model_versions"] and "singan_train_on:edit" in r["model_versions"]
-               for r in singan_rows)
+    assert all("singan:tiny-" in r["model_versions"] and "singan_train_on:source" in r["model_versions"]
+               and "singan_sampling:residual" in r["model_versions"] for r in singan_rows)
     expand(_settings(prepared, checkpoint, tmp_path / "g", regenerations=0))
     stages = read_manifest(tmp_path / "g").column("stage").to_pylist()
     assert stages.count("singan") == 0 and stages.count("ganimation") == 8
 
 
-def test_one_singan_per_edit_by_default_per_source_as_option(expanded, prepared, checkpoint, tmp_path):
+def test_one_singan_per_source_by_default_per_edit_as_option(expanded, prepared, checkpoint, tmp_path):
     out, _ = expanded
     rows = read_manifest(out).to_pylist()
     regens = [r for r in rows if r["stage"] == "singan"]
-    # per edit (default): each edit's regenerations carry that edit's own training seed
-    assert len({r["seed"] for r in regens}) == len(regens) // 2
-    assert all("singan_train_on:edit" in r["model_versions"] for r in regens)
+    # per source (default): every regeneration of a source's edits carries that source's one training seed;
+    # residual sampling (default) is recorded
+    for sid in {r["source_id"] for r in regens}:
+        assert len({r["seed"] for r in regens if r["source_id"] == sid}) == 1
+    assert all("singan_train_on:source;singan_sampling:residual" in r["model_versions"] for r in regens)
     # grouping does not change a sample: bank_size 1 gives the same ids and seeds as bank_size 3
     expand(_settings(prepared, checkpoint, tmp_path / "k1", bank_size=1))
     k1 = [r for r in read_manifest(tmp_path / "k1").to_pylist() if r["stage"] == "singan"]
     assert sorted((r["sample_id"], r["seed"]) for r in k1) == sorted((r["sample_id"], r["seed"]) for r in regens)
-    # per source (option): every regeneration of a source's edits carries that source's one training seed,
-    # other sample ids, the choice in model_versions
-    expand(_settings(prepared, checkpoint, tmp_path / "ps", singan_train_on="source"))
-    per_source = [r for r in read_manifest(tmp_path / "ps").to_pylist() if r["stage"] == "singan"]
-    assert len(per_source) == len(regens)
-    for sid in {r["source_id"] for r in per_source}:
-        assert len({r["seed"] for r in per_source if r["source_id"] == sid}) == 1
-    assert all("singan_train_on:source" in r["model_versions"] for r in per_source)
-    assert {r["sample_id"] for r in per_source}.isdisjoint({r["sample_id"] for r in regens})
+    # per edit (option): one training seed per edit, other sample ids, the choice in model_versions
+    expand(_settings(prepared, checkpoint, tmp_path / "pe", singan_train_on="edit"))
+    per_edit = [r for r in read_manifest(tmp_path / "pe").to_pylist() if r["stage"] == "singan"]
+    assert len(per_edit) == len(regens) and len({r["seed"] for r in per_edit}) == len(per_edit) // 2
+    assert all("singan_train_on:edit" in r["model_versions"] for r in per_edit)
+    assert {r["sample_id"] for r in per_edit}.isdisjoint({r["sample_id"] for r in regens})
+    # plain sampling (option): other pixels and ids, no residual in model_versions
+    expand(_settings(prepared, checkpoint, tmp_path / "pl", singan_residual=False))
+    plain = [r for r in read_manifest(tmp_path / "pl").to_pylist() if r["stage"] == "singan"]
+    assert len(plain) == len(regens) and not any("singan_sampling" in r["model_versions"] for r in plain)
+    assert {r["sample_id"] for r in plain}.isdisjoint({r["sample_id"] for r in regens})
+    assert {r["sha256"] for r in plain}.isdisjoint({r["sha256"] for r in regens})
 
 
 def test_quality_gate_moves_samples_to_rejects(prepared, checkpoint, tmp_path):
@@ -142,11 +147,11 @@ def test_dry_run_plan_and_validation(prepared, checkpoint, tmp_path):
     plan = describe_plan(_settings(prepared, checkpoint, tmp_path))
     assert plan["samples_per_stage"] == {"original": 6, "ganimation": 8, "singan": 16}
     compute = plan["compute"]
-    assert plan["work_units"] == 3 and compute["singan_train_on"] == "edit" and compute["singan_trainings"] == 8
+    assert plan["work_units"] == 3 and compute["singan_train_on"] == "source" and compute["singan_trainings"] == 4
     assert 0 < compute["singan_cost_per_training_vs_official"] < 1 and compute["singan_cpu_s_estimate"] > 0
-    per_source = describe_plan(_settings(prepared, checkpoint, tmp_path, singan_train_on="source"))["compute"]
-    assert per_source["singan_trainings"] == 4  # 4 sources x 2 edits: half the trainings, half the estimate
-    assert 2 * per_source["singan_cpu_s_estimate"] == pytest.approx(compute["singan_cpu_s_estimate"], abs=1)
+    per_edit = describe_plan(_settings(prepared, checkpoint, tmp_path, singan_train_on="edit"))["compute"]
+    assert per_edit["singan_trainings"] == 8  # 4 sources x 2 edits: twice the trainings, twice the estimate
+    assert per_edit["singan_cpu_s_estimate"] == pytest.approx(2 * compute["singan_cpu_s_estimate"], abs=1)
     assert not (tmp_path / "manifest").exists()
     with pytest.raises(ValueError, match="needs a GANimation checkpoint"):
         _settings(prepared, None, tmp_path, editor="ganimation")
@@ -245,6 +250,8 @@ def test_settings_added_later_leave_the_config_hash_of_older_runs_alone():
     assert len({settings.config_hash(), label.config_hash(), grouped.config_hash(), plain.config_hash(),
                 prior.config_hash()}) == 5
     assert ExpandSettings(prepared="p", out="o", singan_prior_iters=50).config_hash() == settings.config_hash()
+    plain = ExpandSettings(prepared="p", out="o", singan_residual=False)  # hashes as before the option existed
+    assert plain.config_hash() == stable_hash({k: v for k, v in dump.items() if k != "singan_residual"}, 16)
     assert label.job("r").source_aus == "label" and label.job("r").source_aus_range == (0.3, 0.6)
 
 

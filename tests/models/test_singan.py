@@ -397,3 +397,22 @@ def test_prior_state_round_trip_keeps_its_critics(prior6):
     s = prior.max_start_scale
     torch.testing.assert_close(regenerate(loaded, 0, faces[0].double(), s, 2, [1, 2]),
                                regenerate(prior, 0, faces[0].double(), s, 2, [1, 2]))
+
+
+# --- residual sampling ---------------------------------------------------------------------------------------
+
+
+def test_residual_samples_are_the_image_plus_the_variation_the_noise_draws(bank3):
+    bank, images = bank3
+    s = default_start_scale(bank)
+    other = images[2]  # injected into member 0, which was trained on images[0]
+    plain = regenerate(bank, 0, other, s, 3, [1, 2, 3], 2.0)
+    res = regenerate(bank, 0, other, s, 3, [1, 2, 3], 2.0, residual=True)
+    # the same noise draws: samples differ from each other exactly as the plain ones do (away from clipping)
+    inside = (plain.abs() < 0.99).all(0) & (res.abs() < 0.99).all(0)
+    torch.testing.assert_close((res[0] - res[1])[inside], (plain[0] - plain[1])[inside])
+    # and they sit on the injected image, not on what member 0 learned to paint
+    assert (res - other).abs().mean() < 0.5 * (plain - other).abs().mean()
+    assert not torch.equal(res[0], res[1])
+    with pytest.raises(ValueError, match="residual"):
+        regenerate(bank, 0, other, bank.coarsest_scale, 1, [1], residual=True)
