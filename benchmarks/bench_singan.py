@@ -452,10 +452,7 @@ def section_per_source(div_dir: Path, faces: list[str], edits: list[str], config
                              ("blurred_diversity", "ssim", "realism", "landmark_px", "landmark_within_2px",
                               "landmark_px_to_source", "edit_landmark_px")}
             print(f"  mean {mode:10s} over {len(chosen)} edits: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[mode].items()))
-    result = {"config": config, "start": start, "gain": gain, "rows": rows, "summary": summary}
-    if out_json is not None:
-        out_json.write_text(json.dumps(result, indent=1))
-    return result
+    return write_result({"config": config, "start": start, "gain": gain, "rows": rows, "summary": summary}, out_json)
 
 
 def section_expand_cost(div_dir: Path, sizes: list[int], new_config: SinGANConfig, probe_iters: int,
@@ -532,6 +529,20 @@ def sample_metrics(samples_u8: np.ndarray, reference_u8: np.ndarray) -> dict[str
     }
 
 
+def mean_metrics(rows: list[dict]) -> dict[str, float]:
+    """The mean of every float field over rows; landmark_px_max is the max (the worst sample), when present."""
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], float)}
+    if "landmark_px_max" in mean:
+        mean["landmark_px_max"] = float(np.max([r["landmark_px_max"] for r in rows]))
+    return mean
+
+
+def write_result(result: dict, out_json: Path | None) -> dict:
+    if out_json is not None:
+        out_json.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def draw_samples(bank, image_u8: np.ndarray, start_scale: int, gain: float, seed: int, num: int = DIV_SAMPLES,
                  residual: bool = False) -> np.ndarray:
     from models.singan import regenerate
@@ -570,16 +581,12 @@ def section_diversity_measure(div_dir: Path, faces: list[str], configs: list[str
     print("  config        start gain  faces  blur-div  raw-div   SSIM  realism  lmk px (max)  <=2px  train CPU s")
     summary = []
     for (name, start, gain), rs in table.items():
-        mean = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if isinstance(rs[0][k], float)}
-        mean["landmark_px_max"] = float(np.max([r["landmark_px_max"] for r in rs]))
+        mean = mean_metrics(rs)
         summary.append({"config": name, "start": start, "gain": gain, "faces": len(rs), **mean})
         print(f"  {name:13s} {start:5s} {gain:4g}  {len(rs):5d}  {mean['blurred_diversity']:8.4f}  {mean['raw_diversity']:7.4f}  "
               f"{mean['ssim']:.3f}  {mean['realism']:7.3f}  {mean['landmark_px']:5.2f} ({mean['landmark_px_max']:4.2f})  "
               f"{mean['landmark_within_2px']:5.2f}  {mean['train_cpu_s']:8.1f}")
-    result = {"rows": rows, "summary": summary, "faces": faces}
-    if out_json is not None:
-        out_json.write_text(json.dumps(result, indent=1))
-    return result
+    return write_result({"rows": rows, "summary": summary, "faces": faces}, out_json)
 
 
 def write_sample_grid(div_dir: Path, faces: list[str], config: str, start: str, gain: float, path: Path,
@@ -720,8 +727,7 @@ def section_warm_start(ws_dir: Path, ck48_root: Path, part: str, config: SinGANC
                       and r["start"] == start and keep(r["face"])]
                 if not rs:
                     continue
-                mean = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if isinstance(rs[0][k], float)}
-                mean["landmark_px_max"] = float(np.max([r["landmark_px_max"] for r in rs]))
+                mean = mean_metrics(rs)
                 summary.append({"mode": mode, "iters": iters, "start": start, "gain": gain, "group": group,
                                 "faces": len(rs), **mean})
                 print(f"  {mode:6s} {iters:6d} {start:5s} {gain:4g}  {group:7s} {len(rs):5d}  {mean['blurred_diversity']:8.4f}  "
@@ -730,9 +736,7 @@ def section_warm_start(ws_dir: Path, ck48_root: Path, part: str, config: SinGANC
     result = {"prior": {"name": prior_name, "faces": len(prior_u8), "iters_per_scale": prior_iters,
                         "batch": prior_batch, "cpu_s": prior_meta["cpu_s"]},
               "held_out": list(held), "size_px": size_px, "rows": rows, "summary": summary}
-    if out_json is not None:
-        out_json.write_text(json.dumps(result, indent=1))
-    return result
+    return write_result(result, out_json)
 
 
 def write_warm_grid(ws_dir: Path, bank_names: list[str], gain: float, path: Path, num: int = 5) -> None:
@@ -828,15 +832,12 @@ def section_edits_per_source(ws_dir: Path, held: dict, part: str, config: SinGAN
             rs = [r for r in rows if r["mode"] == mode and (edit == "all" or r["edit"] == edit)]
             if not rs:
                 continue
-            mean = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if isinstance(rs[0][k], float)}
+            mean = mean_metrics(rs)
             summary.append({"mode": mode, "edit": edit, "faces": len(rs), **mean})
             print(f"  {mode:29s} {edit:9s} {len(rs):5d}  {mean['blurred_diversity']:8.4f}  {mean['ssim']:.3f}  "
                   f"{mean['realism']:7.3f}  {mean['landmark_px']:14.2f}  {mean['landmark_px_to_source']:9.2f}  "
                   f"({mean['edit_landmark_px']:.2f})")
-    result = {"gain": gain, "rows": rows, "summary": summary}
-    if out_json is not None:
-        out_json.write_text(json.dumps(result, indent=1))
-    return result
+    return write_result({"gain": gain, "rows": rows, "summary": summary}, out_json)
 
 
 def write_edit_grid(ws_dir: Path, bank_names: list[str], gain: float, path: Path, num: int = 4) -> None:
