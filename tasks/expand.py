@@ -24,7 +24,7 @@ from models.checkpoints import config_hash as dataclass_hash
 from models.metrics import ssim
 from models.singan import SinGANConfig, preset
 from tasks.errors import RejectError
-from models.checkpoints import checkpoint_id, read_card
+from models.checkpoints import CheckpointError, checkpoint_id, read_card
 from tasks.singan import (
     SinGANSampleConfig,
     derive_seed,
@@ -154,6 +154,11 @@ def ensure_singan_prior(prepared: str | os.PathLike, out: str | os.PathLike, row
             differ = sorted(k for k in wanted if have[k] != wanted[k])
             raise RuntimeError(f"{directory} holds a SinGAN face prior trained with other settings ({', '.join(differ)}); "
                                "remove it or write to another --out")
+        try:
+            load_prior(directory, "cpu")
+        except CheckpointError as exc:
+            raise RuntimeError(f"the SinGAN face prior {directory} is damaged ({exc}); remove it and re-run to "
+                               "train it again") from exc
         return str(directory)
     images, used = [], []
     for r in chosen:

@@ -292,6 +292,13 @@ def test_face_prior_is_trained_once_shared_by_every_bank_and_resumed(prepared, c
     # a prior from other settings in that output is refused, not mixed in
     with pytest.raises(RuntimeError, match="other settings.*iters_per_scale"):
         ensure_singan_prior(prepared, out, load_original_rows(prepared), singan_config(settings.job("r")), 3, 5, 2, 7)
+    # a damaged prior stops the run with what to do, instead of failing inside a unit
+    tensors = next(p for p in prior_dir.iterdir() if p.suffix == ".safetensors")
+    data = bytearray(tensors.read_bytes())
+    data[-100] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="damaged.*remove it"):
+        ensure_singan_prior(prepared, out, load_original_rows(prepared), singan_config(settings.job("r")), 3, 2, 2, 7)
     # the dry run counts the prior's one training
     compute = describe_plan(settings)["compute"]
     assert compute["singan_prior_faces"] == 3 and compute["singan_prior_cpu_s_estimate"] > 0
