@@ -179,7 +179,8 @@ class ExpandSettings(BaseModel):
             regenerations=self.regenerations, singan_preset=self.singan_preset,
             singan_overrides=tuple(sorted(self.singan_overrides.items())), singan_start=self.singan_start,
             singan_noise_gain=self.singan_noise_gain, singan_train_on=self.singan_train_on,
-            singan_residual=self.singan_residual, singan_finetune_iters=self.singan_finetune_iters if self.singan_prior_faces else None,
+            singan_residual=self.singan_residual,
+            singan_finetune_iters=self.singan_finetune_iters if self.singan_prior_faces else None,
             bank_size=self.bank_size, seed=self.seed, gate=self.gate, sifid_weights=self.sifid_weights,
             device=self.device)
 

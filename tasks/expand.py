@@ -20,11 +20,11 @@ from manifests.reader import read_manifest
 from manifests.schema import EMOTIONS, make_sample_id, sha256_bytes, stable_hash
 from manifests.shards import read_member
 from manifests.writer import Sample, commit_unit, unit_committed
+from models.checkpoints import CheckpointError, checkpoint_id, read_card
 from models.checkpoints import config_hash as dataclass_hash
 from models.metrics import ssim
 from models.singan import SinGANConfig, preset
 from tasks.errors import RejectError
-from models.checkpoints import CheckpointError, checkpoint_id, read_card
 from tasks.singan import (
     SinGANSampleConfig,
     derive_seed,
