@@ -694,8 +694,8 @@ def section_warm_start(ws_dir: Path, ck48_root: Path, part: str, config: SinGANC
         for iters in cold_iters:
             warm_bank(ws_dir, held, config, iters, tag=tag)
         return None
-    prior_meta = torch.load(ws_dir / f"prior_it{prior_iters}_b{prior_batch}_p{len(prior_u8)}.pt",
-                            weights_only=True)["meta"]
+    prior_path = ws_dir / f"prior_it{prior_iters}_b{prior_batch}_p{len(prior_u8)}.pt"
+    prior_meta = torch.load(prior_path, weights_only=True)["meta"]
     rows = []
     banks = [("warm", i, ws_dir / "banks" / f"warm_{prior_name}_it{i}.pt") for i in warm_iters]
     banks += [("cold" + tag, i, ws_dir / "banks" / f"cold{tag}_it{i}.pt") for i in cold_iters]
