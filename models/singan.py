@@ -537,6 +537,19 @@ def check_prior(prior: SinGANPrior, config: SinGANConfig, sizes: list[tuple[int,
         raise ValueError("the SinGAN prior is not fully trained")
 
 
+def _checked_pyramid(images: torch.Tensor, config: SinGANConfig, count: str) -> list[tuple[int, int]]:
+    """The pyramid sizes of training images [count, 3, H, W] in [-1, 1]; refuses other shapes and ranges and a
+    config that would leave no scale to train."""
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] < 1:
+        raise ValueError(f"expected images [{count}, 3, H, W], got {tuple(images.shape)}")
+    if images.min() < -1 or images.max() > 1:
+        raise ValueError("images must be in [-1, 1]")
+    sizes = pyramid_sizes(images.shape[2], images.shape[3], config)
+    if config.skip_coarse_scales >= len(sizes):
+        raise ValueError(f"skip_coarse_scales={config.skip_coarse_scales} leaves none of the {len(sizes)} scales")
+    return sizes
+
+
 def train_prior(
     images: torch.Tensor,
     config: SinGANConfig,
@@ -551,18 +564,12 @@ def train_prior(
 
     The coarsest scale must be injected (skip_coarse_scales >= 1): its fixed-noise reconstruction cannot
     reproduce many faces from one noise map."""
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] < 1:
-        raise ValueError(f"expected images [P, 3, H, W], got {tuple(images.shape)}")
-    if images.min() < -1 or images.max() > 1:
-        raise ValueError("images must be in [-1, 1]")
     if config.skip_coarse_scales < 1:
         raise ValueError("a face prior needs skip_coarse_scales >= 1 (every face injected at the coarsest scale)")
     if config.iters_per_scale < 1 or batch_size < 1:
         raise ValueError("a face prior needs iters_per_scale >= 1 and batch_size >= 1")
+    sizes = _checked_pyramid(images, config, "P")
     device = torch.device(device)
-    sizes = pyramid_sizes(images.shape[2], images.shape[3], config)
-    if config.skip_coarse_scales >= len(sizes):
-        raise ValueError(f"skip_coarse_scales={config.skip_coarse_scales} leaves none of the {len(sizes)} scales")
     prior = SinGANPrior(config, sizes, config.skip_coarse_scales, images.shape[0]).to(device=device, dtype=dtype)
     faces = _resize(images.to(device=device, dtype=dtype), sizes[-1]).contiguous()
     with torch.no_grad():
@@ -595,18 +602,12 @@ def train_bank(
     checked), then train config.iters_per_scale iterations (0: the prior as it is, noise amplitudes still
     measured on each member's own image).
     """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images [K, 3, H, W], got {tuple(images.shape)}")
+    sizes = _checked_pyramid(images, config, "K")
     if len(seeds) != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {len(seeds)} seeds")
-    if images.min() < -1 or images.max() > 1:
-        raise ValueError("images must be in [-1, 1]")
     if config.iters_per_scale == 0 and prior is None:
         raise ValueError("iters_per_scale=0 trains nothing: it needs a prior to start from")
     device = torch.device(device)
-    sizes = pyramid_sizes(images.shape[2], images.shape[3], config)
-    if config.skip_coarse_scales >= len(sizes):
-        raise ValueError(f"skip_coarse_scales={config.skip_coarse_scales} leaves none of the {len(sizes)} scales")
     if prior is not None:
         check_prior(prior, config, sizes)
         prior = prior.to(device=device, dtype=dtype)
