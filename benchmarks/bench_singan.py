@@ -26,6 +26,7 @@ from models.singan import (  # noqa: E402
     scale_channels,
     train_bank,
 )
+from tasks.tensors import tensor_to_uint8, uint8_to_tensor  # noqa: E402
 
 DEFAULT_PRESET = "fast"
 
@@ -372,23 +373,26 @@ def diversity_config(name: str) -> SinGANConfig:
     return dataclasses.replace(preset(base), **changes)
 
 
+def _save_blob(path: Path, model, extra: dict) -> None:
+    """A bank or prior as one torch file (tensors + meta with `extra`), written to a temp name and renamed."""
+    from models.singan import bank_state
+
+    tensors, meta = bank_state(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"tensors": tensors, "meta": {**meta, **extra}}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").rename(path)
+
+
 def train_saved_bank(image_uint8: np.ndarray, config: SinGANConfig, seed: int, path: Path) -> dict:
     """Train a one-member bank on one uint8 RGB image and save it (torch file: tensors + meta); CPU seconds
     of the training are returned and stored with it. An existing file is kept (resumable sweeps)."""
-    from models.singan import bank_state
-
     if path.exists():
         return torch.load(path, weights_only=True)["meta"]
-    image = torch.from_numpy(image_uint8).permute(2, 0, 1).float()[None] / 127.5 - 1
     cpu0 = time.process_time()
-    bank = train_bank(image, config, [seed])
-    cpu_s = time.process_time() - cpu0
-    tensors, meta = bank_state(bank)
-    meta = {**meta, "cpu_s": cpu_s, "config": dataclasses.asdict(config), "seed": seed}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"tensors": tensors, "meta": meta}, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").rename(path)
-    return meta
+    bank = train_bank(uint8_to_tensor(image_uint8[None]), config, [seed])
+    extra = {"cpu_s": time.process_time() - cpu0, "config": dataclasses.asdict(config), "seed": seed}
+    _save_blob(path, bank, extra)
+    return torch.load(path, weights_only=True)["meta"]
 
 
 def load_saved_bank(path: Path):
@@ -515,7 +519,6 @@ def sample_metrics(samples_u8: np.ndarray, reference_u8: np.ndarray) -> dict[str
     realism vs the reference, landmark shift (mean over the 68 points, px) per sample: mean, max, share <= 2 px."""
     from benchmarks.landmarks_bench import landmark_shift_px
     from models.metrics import blurred_diversity, patch_realism, ssim
-    from tasks.tensors import uint8_to_tensor
 
     samples, ref = uint8_to_tensor(samples_u8), uint8_to_tensor(reference_u8[None])[0]
     shift = landmark_shift_px(list(samples_u8), reference_u8)
@@ -546,7 +549,6 @@ def write_result(result: dict, out_json: Path | None) -> dict:
 def draw_samples(bank, image_u8: np.ndarray, start_scale: int, gain: float, seed: int, num: int = DIV_SAMPLES,
                  residual: bool = False) -> np.ndarray:
     from models.singan import regenerate
-    from tasks.tensors import tensor_to_uint8, uint8_to_tensor
 
     image = uint8_to_tensor(image_u8[None])[0]
     out = regenerate(bank, 0, image, start_scale, num, [seed * 100 + i for i in range(num)], gain, residual)
@@ -629,19 +631,10 @@ def warm_faces(ws_dir: Path, ck48_root: Path, prior_faces: int, held_out_ck: int
     held = {f"ck_{name.split('/')[-1][:4]}": image for name, image in ck[prior_faces:]}
     photos = load_faces([], size_px)  # astronaut, Grace Hopper, aligned
     for name, face in zip(("astronaut", "grace_hopper"), photos):
-        held[name] = ((face.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        held[name] = tensor_to_uint8(face[None])[0]
     ws_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, prior=prior, **{f"held_{k}": v for k, v in held.items()})
     return prior, held
-
-
-def _save_blob(path: Path, model, extra: dict) -> None:
-    from models.singan import bank_state
-
-    tensors, meta = bank_state(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"tensors": tensors, "meta": {**meta, **extra}}, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").rename(path)
 
 
 def warm_prior(ws_dir: Path, prior_u8: np.ndarray, config: SinGANConfig, iters: int, batch: int, seed: int = 7):
@@ -650,7 +643,7 @@ def warm_prior(ws_dir: Path, prior_u8: np.ndarray, config: SinGANConfig, iters: 
 
     path = ws_dir / f"prior_it{iters}_b{batch}_p{len(prior_u8)}.pt"
     if not path.exists():
-        images = torch.from_numpy(prior_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
+        images = uint8_to_tensor(prior_u8)
         cpu0 = time.process_time()
         prior = train_prior(images, dataclasses.replace(config, iters_per_scale=iters), seed, batch_size=batch)
         _save_blob(path, prior, {"cpu_s": time.process_time() - cpu0, "config": dataclasses.asdict(prior.config)})
@@ -666,7 +659,7 @@ def warm_bank(ws_dir: Path, held: dict, config: SinGANConfig, iters: int, prior=
     name = f"{'warm_' + prior_name if prior is not None else 'cold'}{tag}_it{iters}"
     path = ws_dir / "banks" / f"{name}.pt"
     if not path.exists():
-        images = torch.from_numpy(np.stack(list(held.values()))).permute(0, 3, 1, 2).float() / 127.5 - 1
+        images = uint8_to_tensor(np.stack(list(held.values())))
         cpu0 = time.process_time()
         bank = train_bank(images, dataclasses.replace(config, iters_per_scale=iters),
                           [2000 + i for i in range(len(held))], prior=prior)
@@ -796,7 +789,7 @@ def section_edits_per_source(ws_dir: Path, held: dict, part: str, config: SinGAN
     if part == "per_edit":
         path = ws_dir / "banks" / "per_edit_it100.pt"
         if not path.exists():
-            images = torch.from_numpy(np.stack([edits[n] for n in names])).permute(0, 3, 1, 2).float() / 127.5 - 1
+            images = uint8_to_tensor(np.stack([edits[n] for n in names]))
             cpu0 = time.process_time()
             bank = train_bank(images, dataclasses.replace(config, iters_per_scale=100),
                               [3000 + i for i in range(len(names))])
