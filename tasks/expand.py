@@ -175,9 +175,15 @@ def ensure_singan_prior(prepared: str | os.PathLike, out: str | os.PathLike, row
     return str(directory)
 
 
-@functools.lru_cache(maxsize=2)
 def _prior(directory: str, device: str):
-    return load_prior(directory, device), checkpoint_id(directory)
+    """(the face prior, its content id), loaded once per process and content: a prior retrained at the same
+    path (removed and re-run) is loaded afresh by a long-lived worker."""
+    return _load_prior(directory, device, checkpoint_id(directory))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_prior(directory: str, device: str, version: str):
+    return load_prior(directory, device), version
 
 
 def load_original_rows(prepared: str | os.PathLike) -> list[dict]:

@@ -58,3 +58,29 @@ def test_label_prototype_undoes_the_source_expression_before_the_target():
     same = model.target_landmarks(points, np.asarray(assumed_source_aus(row, "label", (0.6, 0.9))), target)
     stacked = model.target_landmarks(points, np.zeros(N_AUS), target)
     assert np.abs(same - points).max() < 1e-3 < np.abs(stacked - points).max()
+
+
+def test_a_prior_retrained_at_the_same_path_is_loaded_afresh(tmp_path):
+    """A long-lived worker caches the loaded face prior; when the prior is removed and trained again at the
+    same path, the next unit gets the new one (the cache is keyed by its content id, not its path)."""
+    import dataclasses
+    import shutil
+
+    import torch
+
+    from models.singan import preset
+    from tasks.expand import _prior
+    from tasks.singan import save_bank, train_singan_prior
+
+    config = dataclasses.replace(preset("tiny"), min_size_px=16, iters_per_scale=1, skip_coarse_scales=1)
+    faces = [np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8) for i in range(3)]
+    path = tmp_path / "singan_prior"
+    save_bank(train_singan_prior(faces, config, seed=1, batch_size=2, device="cpu"), path)
+    first, first_id = _prior(str(path), "cpu")
+    assert _prior(str(path), "cpu")[0] is first  # cached
+    shutil.rmtree(path)
+    save_bank(train_singan_prior(faces, config, seed=2, batch_size=2, device="cpu"), path)
+    second, second_id = _prior(str(path), "cpu")
+    assert second_id != first_id and second is not first
+    key = "generators.0.net.0.weight"
+    assert not torch.equal(second.state_dict()[key], first.state_dict()[key])
