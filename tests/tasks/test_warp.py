@@ -83,6 +83,28 @@ def test_opening_a_closed_mouth_paints_a_dark_interior_not_stretched_lips(crop):
     assert luminance(plain.image)[inner].mean() > luminance(result.image)[inner].mean()
 
 
+@pytest.mark.parametrize("height", [0.2, 0.5, 1.0, 3.0])
+def test_polygon_mask_covers_the_polygons_area_even_for_slivers(height):
+    # a thin opening must paint its own area, not a pixel-wide anti-aliased band (0.2 px came out 9x its area)
+    box = np.array([[40.3, 60.2], [80.3, 60.2], [80.3, 60.2 + height], [40.3, 60.2 + height]])
+    mask = polygon_mask(box, SIZE)
+    row = 0.25                                                               # a 4 x 4 sample grid per pixel
+    assert 40.0 * max(height - row, 0.0) <= mask.sum() <= 40.0 * (height + row)
+    assert mask.max() <= min(1.0, height + row)
+    triangle = np.array([[5.1, 5.2], [100.7, 19.9], [40.2, 110.3]])
+    area = 0.5 * abs(np.cross(triangle[1] - triangle[0], triangle[2] - triangle[0]))
+    assert polygon_mask(triangle, SIZE).sum() == pytest.approx(area, rel=0.01)
+    assert polygon_mask(box + 500.0, SIZE).sum() == 0.0                      # off the crop: nothing
+
+
+def test_a_slight_lip_parting_darkens_the_lip_line_only_by_its_size(crop):
+    # AU09 lifts the upper lip by 0.03 IOD (~1 px here): the opening is painted with about its own area
+    result = EDITOR.edit(crop, CLOSED, np.zeros(17), one_hot("AU09"))
+    opening = polygon_mask(result.landmarks[list(INNER_LIPS)], SIZE).sum()
+    assert 0.0 < result.mouth_filled_px <= 1.1 * opening + 0.5
+    assert result.mouth_filled_px < 0.25 * EDITOR.edit(crop, CLOSED, np.zeros(17), one_hot("AU26")).mouth_filled_px
+
+
 def test_closing_an_open_mouth_meets_without_tearing(crop):
     model = default_au_shape_model()
     opened = model.target_landmarks(CLOSED, np.zeros(17), one_hot("AU26"))
