@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import time
 from collections import Counter
@@ -219,15 +220,30 @@ def plan_expand_units(rows: Sequence[dict], unit_size: int, config_hash: str, in
     return units
 
 
-@functools.lru_cache(maxsize=2)
 def _ganimation(directory: str, device: str):
+    """The GANimation checkpoint, loaded once per process and content: a checkpoint re-created at the same path
+    (removed and imported or trained again) is loaded afresh by a long-lived worker."""
+    return _load_ganimation(directory, device, checkpoint_id(directory))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_ganimation(directory: str, device: str, version: str):
     from tasks.ganimation import load_ganimation
 
     return load_ganimation(directory, device=device)
 
 
-@functools.lru_cache(maxsize=2)
 def _warp_editor(au_shape: str | None):
+    """The warp editor for an AU shape model file (None: the FACS default), loaded once per process and file
+    content: a model re-fitted into the same file is read afresh."""
+    digest = None
+    if au_shape is not None and Path(au_shape).is_file():   # a missing file: load_au_shape says so
+        digest = hashlib.sha256(Path(au_shape).read_bytes()).hexdigest()
+    return _load_warp_editor(au_shape, digest)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_warp_editor(au_shape: str | None, digest: str | None):
     from tasks.au_shape import load_au_shape
     from tasks.warp import WarpEditor
 

@@ -1,6 +1,8 @@
 """tasks.expand helpers that need no model: reading a prepared dataset."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -84,3 +86,39 @@ def test_a_prior_retrained_at_the_same_path_is_loaded_afresh(tmp_path):
     assert second_id != first_id and second is not first
     key = "generators.0.net.0.weight"
     assert not torch.equal(second.state_dict()[key], first.state_dict()[key])
+
+
+def test_a_ganimation_checkpoint_or_au_shape_file_recreated_at_the_same_path_is_loaded_afresh(tmp_path):
+    """A long-lived worker caches the GANimation checkpoint and the warp's AU shape model; when either is
+    re-created at the same path (a checkpoint removed and trained again, a model re-fitted into the same file),
+    the next unit gets the new one: the caches are keyed by content, not by path."""
+    import shutil
+
+    import torch
+
+    from models.au_shape import default_au_shape_model
+    from models.ganimation import Generator, GANimationConfig
+    from tasks.expand import _ganimation, _warp_editor
+    from tasks.ganimation import save_ganimation
+
+    config = GANimationConfig(image_size_px=16, conv_dim=4, repeat_num=1, critic_layers=2)
+    path = tmp_path / "ganimation"
+    torch.manual_seed(0)
+    save_ganimation(path, Generator(config), None)
+    first = _ganimation(str(path), "cpu")
+    assert _ganimation(str(path), "cpu") is first  # cached
+    shutil.rmtree(path)
+    torch.manual_seed(1)
+    save_ganimation(path, Generator(config), None)
+    second = _ganimation(str(path), "cpu")
+    assert second is not first and second.checkpoint_id != first.checkpoint_id
+
+    shape_file = tmp_path / "au_shape.json"
+    model = default_au_shape_model()
+    shape_file.write_text(json.dumps(model.to_json()))
+    editor = _warp_editor(str(shape_file))
+    assert _warp_editor(str(shape_file)) is editor  # cached
+    scaled = model.to_json()
+    scaled["basis"] = (np.asarray(scaled["basis"]) * 0.5).tolist()
+    shape_file.write_text(json.dumps(scaled))
+    assert _warp_editor(str(shape_file)).shape_model.version != editor.shape_model.version
