@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
 from scipy.spatial import Delaunay
 
 from models.au_shape import INNER_LIPS, ORDERED_PAIRS, OUTER_LIPS, AUShapeModel, face_frame
@@ -231,7 +230,6 @@ def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region:
     lip_colour = (image.reshape(-1, 3).astype(np.float64) * lips.reshape(-1, 1)).sum(0) / weight if weight > 1 else \
         np.median(image.reshape(-1, 3), axis=0).astype(np.float64)
     gray = bool(np.all(image[..., 0] == image[..., 1]) and np.all(image[..., 1] == image[..., 2]))
-    brightness = float(np.clip(lip_colour.mean() / 140.0, 0.45, 1.2))
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     left, right = dst[60], dst[64]
     centre_x, half_width = 0.5 * (left[0] + right[0]), max(1.0, 0.5 * abs(right[0] - left[0]))

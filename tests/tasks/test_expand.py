@@ -97,7 +97,7 @@ def test_a_ganimation_checkpoint_or_au_shape_file_recreated_at_the_same_path_is_
     import torch
 
     from models.au_shape import default_au_shape_model
-    from models.ganimation import Generator, GANimationConfig
+    from models.ganimation import GANimationConfig, Generator
     from tasks.expand import _ganimation, _warp_editor
     from tasks.ganimation import save_ganimation
 
