@@ -12,6 +12,10 @@ from tasks.errors import RejectError
 from tasks.landmarks import check_landmarks
 
 STAGE = "warp"
+# Bumped when the same landmarks and AUs give other pixels, so model_versions and sample ids tell outputs of
+# different revisions apart. 2: a newly opened mouth is painted by its true area (1: OpenCV's anti-aliased
+# polygon fill, which drew a dark rim round every opening and a bar across slightly parted lips).
+WARP_REVISION = 2
 
 # Anchors every this many px along the crop border hold the frame in place (zero displacement).
 _BORDER_ANCHOR_STEP_FRACTION = 1.0 / 8.0
@@ -376,7 +380,7 @@ class WarpEditor:
 
     @property
     def version(self) -> str:
-        return f"warp:{self.shape_model.version}"
+        return f"warp:{self.shape_model.version}:r{WARP_REVISION}"
 
     def edit(self, image: np.ndarray, landmarks: np.ndarray, au_source, au_target) -> WarpResult:
         """One edit; RejectError for bad AU vectors, bad landmarks or a warp that would fold."""

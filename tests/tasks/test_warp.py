@@ -164,3 +164,11 @@ def test_batch_goes_on_past_a_bad_edit(crop):
     assert not isinstance(results[0], RejectError) and not isinstance(results[2], RejectError)
     again = EDITOR.edit(crop, FACE, None, one_hot("AU12"))
     np.testing.assert_array_equal(again.image, results[0].image)      # deterministic
+
+
+def test_the_version_names_the_shape_model_and_the_warp_revision():
+    # outputs of different warp revisions (other pixels for the same points and AUs) must not share a version
+    from tasks.warp import WARP_REVISION
+
+    assert EDITOR.version == f"warp:{default_au_shape_model().version}:r{WARP_REVISION}"
+    assert WARP_REVISION >= 2   # 2: the mouth fill by true area
