@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 import time
 from collections import Counter
@@ -176,15 +175,31 @@ def ensure_singan_prior(prepared: str | os.PathLike, out: str | os.PathLike, row
     return str(directory)
 
 
+def _cached_by_content(version_of):
+    """Load once per process and content: the wrapped loader's result is cached under its first argument (a
+    path) and `version_of(path)` (a content id), so a long-lived worker loads a model re-created at the same
+    path afresh instead of serving the old one."""
+    def wrap(load):
+        cached = functools.lru_cache(maxsize=2)(lambda path, version, *args: load(path, *args))
+
+        @functools.wraps(load)
+        def get(path, *args):
+            return cached(path, version_of(path), *args)
+        return get
+    return wrap
+
+
+def _file_digest(path: str | None) -> str | None:
+    """sha256 of a file's bytes; None for no path or a missing file (its loader then says what is wrong)."""
+    if path is None or not Path(path).is_file():
+        return None
+    return sha256_bytes(Path(path).read_bytes())
+
+
+@_cached_by_content(checkpoint_id)
 def _prior(directory: str, device: str):
-    """(the face prior, its content id), loaded once per process and content: a prior retrained at the same
-    path (removed and re-run) is loaded afresh by a long-lived worker."""
-    return _load_prior(directory, device, checkpoint_id(directory))
-
-
-@functools.lru_cache(maxsize=2)
-def _load_prior(directory: str, device: str, version: str):
-    return load_prior(directory, device), version
+    """(the run's SinGAN face prior, its content id)."""
+    return load_prior(directory, device), checkpoint_id(directory)
 
 
 def load_original_rows(prepared: str | os.PathLike) -> list[dict]:
@@ -220,30 +235,16 @@ def plan_expand_units(rows: Sequence[dict], unit_size: int, config_hash: str, in
     return units
 
 
+@_cached_by_content(checkpoint_id)
 def _ganimation(directory: str, device: str):
-    """The GANimation checkpoint, loaded once per process and content: a checkpoint re-created at the same path
-    (removed and imported or trained again) is loaded afresh by a long-lived worker."""
-    return _load_ganimation(directory, device, checkpoint_id(directory))
-
-
-@functools.lru_cache(maxsize=2)
-def _load_ganimation(directory: str, device: str, version: str):
     from tasks.ganimation import load_ganimation
 
     return load_ganimation(directory, device=device)
 
 
+@_cached_by_content(_file_digest)
 def _warp_editor(au_shape: str | None):
-    """The warp editor for an AU shape model file (None: the FACS default), loaded once per process and file
-    content: a model re-fitted into the same file is read afresh."""
-    digest = None
-    if au_shape is not None and Path(au_shape).is_file():   # a missing file: load_au_shape says so
-        digest = hashlib.sha256(Path(au_shape).read_bytes()).hexdigest()
-    return _load_warp_editor(au_shape, digest)
-
-
-@functools.lru_cache(maxsize=2)
-def _load_warp_editor(au_shape: str | None, digest: str | None):
+    """The warp editor for an AU shape model file (None: the FACS default)."""
     from tasks.au_shape import load_au_shape
     from tasks.warp import WarpEditor
 
