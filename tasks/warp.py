@@ -7,15 +7,17 @@ import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
-from models.au_shape import INNER_LIPS, ORDERED_PAIRS, OUTER_LIPS, AUShapeModel, face_frame
+from models.au_shape import INNER_LIPS, LEFT_EYE, ORDERED_PAIRS, OUTER_LIPS, RIGHT_EYE, AUShapeModel, face_frame
 from tasks.errors import RejectError
 from tasks.landmarks import check_landmarks
 
 STAGE = "warp"
 # Bumped when the same landmarks and AUs give other pixels, so model_versions and sample ids tell outputs of
 # different revisions apart. 2: a newly opened mouth is painted by its true area (1: OpenCV's anti-aliased
-# polygon fill, which drew a dark rim round every opening and a bar across slightly parted lips).
-WARP_REVISION = 2
+# polygon fill, which drew a dark rim round every opening and a bar across slightly parted lips). 3: a closing
+# eye is drawn as a lid sliding over a still eyeball (lid skin and a lash line painted over the covered part)
+# instead of the eye's own pixels squeezed into the smaller opening.
+WARP_REVISION = 3
 
 # Anchors every this many px along the crop border hold the frame in place (zero displacement).
 _BORDER_ANCHOR_STEP_FRACTION = 1.0 / 8.0
@@ -39,6 +41,9 @@ class WarpConfig:
     min_fraction:   below this achieved fraction the edit is rejected (warp_folds) rather than kept.
     fill_mouth:     paint the newly exposed mouth interior (dark, shaded toward the corners, upper teeth)
                     instead of stretching lip skin into it.
+    close_lids:     an upper lid that comes down slides over the eye: the part of the eye it still leaves open is
+                    kept in place (not squeezed), and the part it covers is painted as lid skin with the lash
+                    line at its new edge.
     """
 
     smooth_iod: float = 0.04
@@ -46,6 +51,7 @@ class WarpConfig:
     fraction_steps: int = 6
     min_fraction: float = 0.5
     fill_mouth: bool = True
+    close_lids: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.smooth_iod <= 0.5:
@@ -65,6 +71,7 @@ class WarpResult:
     fraction: float          # share of the planned landmark motion achieved (1 = all of it)
     min_jacobian: float      # smallest det(Jacobian) of the warp outside the filled mouth (> 0: no fold)
     mouth_filled_px: float   # area painted as mouth interior (px)
+    lid_painted_px: float = 0.0   # area of the eyes painted as lid skin where an upper lid came down (px)
 
 
 def border_anchors(size_px: int, outside_px: float = 0.0) -> np.ndarray:
@@ -270,6 +277,56 @@ def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region:
     return np.where(region[..., None] > 0, colours, 0.0)
 
 
+# Upper lids from the outer to the inner corner, with the eye outline each belongs to.
+_UPPER_LIDS = (((36, 37, 38, 39), RIGHT_EYE), ((45, 44, 43, 42), LEFT_EYE))
+_LID_DOWN_MIN_PX = 0.25        # an upper lid that comes down less than this (mean, px) is left to the warp
+_LASH_WIDTH_IOD = 0.03         # the lash line drawn at a lowered lid's edge (about 1 px at 128 px)
+_LASH_STRENGTH = 0.8
+_LID_SKIN_BAND_IOD = (0.04, 0.2)   # lid skin is sampled this far above the source upper lid (IOD)
+
+
+def _lid_skin_colour(image: np.ndarray, lid: np.ndarray, iod: float) -> np.ndarray:
+    """The upper lid's own skin colour: the brighter half of a band above the source lid (lid skin and crease,
+    below the brow), so lashes and the crease's shadow do not darken it."""
+    near, far = _LID_SKIN_BAND_IOD
+    band = polygon_mask(np.concatenate([lid - [0.0, near * iod], (lid - [0.0, far * iod])[::-1]]), image.shape[0])
+    pixels = image[band > 0.5].astype(np.float64)
+    if len(pixels) < 4:
+        return np.median(image.reshape(-1, 3), axis=0).astype(np.float64)
+    light = pixels.mean(axis=1)
+    return pixels[light >= np.median(light)].mean(axis=0)
+
+
+def _close_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
+    """An upper lid that comes down (AU45, AU07, AU04's lid drop) slides over a still eyeball: the part of the eye
+    it leaves open shows the eye where it was (not squeezed into the smaller opening), and the part it covers
+    shows lid skin with the lash line at the lid's new edge. Returns (image float [S, S, 3], painted px)."""
+    size = image.shape[0]
+    iod = face_frame(src).iod_px
+    result = out.astype(np.float64)
+    painted = 0.0
+    for lid_idx, eye in _UPPER_LIDS:
+        lid_idx = list(lid_idx)
+        down = float(np.mean(dst[lid_idx[1:3], 1] - src[lid_idx[1:3], 1]))
+        if down < _LID_DOWN_MIN_PX:
+            continue
+        open_now = np.minimum(polygon_mask(src[list(eye)], size), polygon_mask(dst[list(eye)], size))
+        result = result * (1.0 - open_now[..., None]) + image.astype(np.float64) * open_now[..., None]
+        covered = polygon_mask(np.concatenate([src[lid_idx], dst[lid_idx[::-1]]]), size)
+        skin = _lid_skin_colour(image, src[lid_idx], iod)
+        result = result * (1.0 - covered[..., None]) + skin * covered[..., None]
+        half = 0.5 * max(0.8, _LASH_WIDTH_IOD * iod)
+        lash = polygon_mask(np.concatenate([dst[lid_idx] - [0.0, half], (dst[lid_idx] + [0.0, half])[::-1]]), size)
+        eye_pixels = image[polygon_mask(src[list(eye)], size) > 0.5].astype(np.float64)
+        lash_colour = (np.percentile(eye_pixels, 10, axis=0) if len(eye_pixels) >= 4 else 0.4 * skin)
+        # The lid-skin paint covers the lashes the warp brought down with the lid; redraw them in proportion to
+        # how much of the lash line's width the lid came down (a lid that drops a fraction of a pixel keeps its own).
+        alpha = _LASH_STRENGTH * min(1.0, down / (2.0 * half)) * lash
+        result = result * (1.0 - alpha[..., None]) + lash_colour * alpha[..., None]
+        painted += float(covered.sum())
+    return result, painted
+
+
 @dataclass
 class WarpPlan:
     """The dense warp for one edit, before any pixel is touched."""
@@ -354,8 +411,13 @@ def warp_to_landmarks(image: np.ndarray, src: np.ndarray, dst: np.ndarray, confi
             blended = out.astype(np.float64) * (1.0 - fill[..., None]) + colours * fill[..., None]
             out = np.clip(np.round(blended), 0, 255).astype(np.uint8)
             filled = float(fill.sum())
+    lids = 0.0
+    if config.close_lids:
+        closed, lids = _close_lids(image, out, np.asarray(src, np.float64), plan.landmarks.astype(np.float64))
+        if lids > 0:
+            out = np.clip(np.round(closed), 0, 255).astype(np.uint8)
     return WarpResult(image=out, landmarks=plan.landmarks, fraction=plan.fraction, min_jacobian=plan.min_jacobian,
-                      mouth_filled_px=filled)
+                      mouth_filled_px=filled, lid_painted_px=lids)
 
 
 def check_au_vector(values, name: str) -> np.ndarray:

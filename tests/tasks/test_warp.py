@@ -121,6 +121,54 @@ def test_a_blink_closes_the_eye(crop):
     assert result.fraction == 1.0
 
 
+def _drawn_eyes() -> np.ndarray:
+    """Plain skin with two open eyes drawn on FACE's eye points: white sclera, a dark iris at the centre."""
+    skin = np.full((SIZE, SIZE, 3), (200, 160, 140), np.float64)
+    eyes = np.full((SIZE, SIZE, 3), (245, 245, 240), np.uint8)
+    opening = np.zeros((SIZE, SIZE), np.float64)
+    for eye in (range(36, 42), range(42, 48)):
+        outline = FACE[list(eye)]
+        opening = np.maximum(opening, polygon_mask(outline, SIZE))
+        centre = outline.mean(axis=0)
+        cv2.circle(eyes, (int(round(centre[0])), int(round(centre[1]))), 3, (40, 30, 20), -1)
+    return np.round(skin * (1 - opening[..., None]) + eyes * opening[..., None]).astype(np.uint8)
+
+
+def test_a_lowered_lid_slides_over_the_eye_instead_of_squeezing_it():
+    image = _drawn_eyes()
+    half = EDITOR.edit(image, FACE, np.zeros(17), one_hot("AU45", 0.5))
+    eye = list(range(36, 42))
+    still_open = (polygon_mask(half.landmarks[eye], SIZE) > 0.99) & (polygon_mask(FACE[eye], SIZE) > 0.99)
+    assert still_open.sum() >= 8
+    # the part the lid leaves open shows the eye where it was, pixel for pixel
+    np.testing.assert_array_equal(half.image[still_open], image[still_open])
+    squeezed = warp_to_landmarks(image, FACE, half.landmarks, WarpConfig(close_lids=False)).image
+    assert np.any(squeezed[still_open] != image[still_open])
+    # the part it covers is lid skin, not sclera
+    covered = (polygon_mask(FACE[eye], SIZE) > 0.99) & (polygon_mask(half.landmarks[eye], SIZE) < 0.01)
+    lash = polygon_mask(np.concatenate([half.landmarks[[36, 37, 38, 39]] - [0, 1.5],
+                                        half.landmarks[[39, 38, 37, 36]] + [0, 1.5]]), SIZE) > 0
+    skin_only = covered & ~lash
+    assert skin_only.sum() >= 4 and half.lid_painted_px > 0
+    np.testing.assert_allclose(half.image[skin_only].mean(axis=0), (200, 160, 140), atol=6)
+
+
+def test_a_closed_eye_shows_lid_skin_and_a_lash_line():
+    image = _drawn_eyes()
+    closed = EDITOR.edit(image, FACE, np.zeros(17), one_hot("AU45"))
+    eye = list(range(36, 42))
+    was_open = polygon_mask(FACE[eye], SIZE) > 0.99
+    lum = closed.image.astype(float).mean(-1)
+    skin_lum = np.mean((200, 160, 140))
+    # no sclera or iris left: the old opening is skin-coloured except the lash line along the closed lid
+    assert np.abs(lum[was_open] - skin_lum).mean() < 0.35 * np.abs(image.astype(float).mean(-1)[was_open] - skin_lum).mean()
+    lid_row = int(round(closed.landmarks[[37, 38], 1].mean()))
+    x = int(round(closed.landmarks[[37, 38], 0].mean()))
+    assert lum[lid_row, x] < skin_lum - 40                  # the lashes at the lid's new edge
+    opened = EDITOR.edit(image, FACE, np.zeros(17), one_hot("AU05"))    # a raised lid is left to the warp
+    assert opened.lid_painted_px == 0.0
+
+
 def test_impossible_motion_is_scaled_back_or_rejected(crop):
     goal = FACE.copy()
     goal[17:27, 1] += 60.0                                   # brows dragged through the eyes and mouth
@@ -171,4 +219,4 @@ def test_the_version_names_the_shape_model_and_the_warp_revision():
     from tasks.warp import WARP_REVISION
 
     assert EDITOR.version == f"warp:{default_au_shape_model().version}:r{WARP_REVISION}"
-    assert WARP_REVISION >= 2   # 2: the mouth fill by true area
+    assert WARP_REVISION >= 3   # 2: the mouth fill by true area; 3: lids slide over the eye
