@@ -16,8 +16,9 @@ STAGE = "warp"
 # different revisions apart. 2: a newly opened mouth is painted by its true area (1: OpenCV's anti-aliased
 # polygon fill, which drew a dark rim round every opening and a bar across slightly parted lips). 3: a closing
 # eye is drawn as a lid sliding over a still eyeball (lid skin and a lash line painted over the covered part)
-# instead of the eye's own pixels squeezed into the smaller opening.
-WARP_REVISION = 3
+# instead of the eye's own pixels squeezed into the smaller opening. 4: brows move as a whole (mesh points above and
+# below each moving brow point), so a raised brow no longer comes out thicker.
+WARP_REVISION = 4
 
 # Anchors every this many px along the crop border hold the frame in place (zero displacement).
 _BORDER_ANCHOR_STEP_FRACTION = 1.0 / 8.0
@@ -44,6 +45,8 @@ class WarpConfig:
     close_lids:     an upper lid that comes down slides over the eye: the part of the eye it still leaves open is
                     kept in place (not squeezed), and the part it covers is painted as lid skin with the lash
                     line at its new edge.
+    brow_band:      brows move as a whole (mesh points above and below each brow point move with it), so a
+                    raised or lowered brow keeps its thickness.
     """
 
     smooth_iod: float = 0.04
@@ -52,6 +55,7 @@ class WarpConfig:
     min_fraction: float = 0.5
     fill_mouth: bool = True
     close_lids: bool = True
+    brow_band: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.smooth_iod <= 0.5:
@@ -107,6 +111,37 @@ def _open_seams(points: np.ndarray, source: np.ndarray) -> np.ndarray:
     return out
 
 
+# Brows move as a whole: each brow point that moves carries a point above and below it (along the face's
+# vertical) with the same motion, so the skin stretches or bunches between the brow and the eye or forehead, not
+# across the brow (a brow moved by its bare points came out thicker when raised, thinner when lowered, and the
+# detector saw a quarter of a frown's drawing together).
+_BROW_BAND_IOD = (0.05, 0.07)   # above, below the brow points (the 68-point brow lies along the brow's top half)
+# ... but the point below takes at most this share of the room between the brow and the nearest other landmark (eye,
+# nose root, jaw), in the source and the target, so a brow lowered onto a deep-set eye leaves the skin room to bunch.
+_BROW_BAND_ROOM = 0.35
+BROWS = tuple(range(17, 27))
+_NOT_BROWS = tuple(i for i in range(68) if not 17 <= i <= 26)
+
+
+def _brow_band(src: np.ndarray, dst: np.ndarray, size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Extra mesh vertices [<= 20, 2] (source, target) above and below each brow point that moves, moving with it
+    (those that would leave the crop are left out)."""
+    frame = face_frame(src)
+    up = -frame.y_axis
+    above, below = _BROW_BAND_IOD
+    brows = list(BROWS)
+
+    def room(points: np.ndarray) -> np.ndarray:   # [10] px from each brow point to the nearest other landmark
+        return np.hypot(*(points[brows][:, None, :] - points[list(_NOT_BROWS)][None, :, :]).transpose(2, 0, 1)).min(1)
+
+    down = np.minimum(below * frame.iod_px, _BROW_BAND_ROOM * np.minimum(room(src), room(dst)))
+    offsets = np.concatenate([np.tile(above * frame.iod_px * up, (len(brows), 1)), -down[:, None] * up[None, :]])
+    band_src, band_dst = src[brows * 2] + offsets, dst[brows * 2] + offsets
+    inside = np.all((band_src > 0.5) & (band_src < size_px - 1.5) & (band_dst > 0.5) & (band_dst < size_px - 1.5), axis=1)
+    moving = np.tile(np.hypot(*(dst[brows] - src[brows]).T) > _ZERO_DISPLACEMENT_PX, 2)   # a still brow adds nothing
+    return band_src[inside & moving], band_dst[inside & moving]
+
+
 @dataclass
 class _Mesh:
     """A triangulation of the target points with the source position of every vertex."""
@@ -119,15 +154,16 @@ class _Mesh:
     area_dst: np.ndarray     # [T] signed target area (px^2)
 
 
-def _mesh(src: np.ndarray, dst: np.ndarray, size_px: int) -> _Mesh:
+def _mesh(src: np.ndarray, dst: np.ndarray, size_px: int, brow_band: bool = True) -> _Mesh:
     beyond = max(0.0, float(-np.min(dst) - 0.5), float(np.max(dst) - (size_px - 0.5)))
     anchors = border_anchors(size_px, outside_px=2.0 + 2.0 * beyond if beyond > 0 else 0.0)
     src, dst = _open_seams(src, src), _open_seams(dst, src)
     # Points that land on top of an earlier one (closer than the gap) carry no extra information: leave them out.
     close = np.hypot(*(dst[:, None, :] - dst[None, :, :]).transpose(2, 0, 1)) < _MIN_VERTEX_GAP_PX * 0.5
     keep = [i for i in range(len(dst)) if not close[i, :i].any()]
-    vertices_dst = np.concatenate([dst[keep], anchors])
-    vertices_src = np.concatenate([src[keep], anchors])
+    band_src, band_dst = _brow_band(src, dst, size_px) if brow_band else (np.zeros((0, 2)), np.zeros((0, 2)))
+    vertices_dst = np.concatenate([dst[keep], band_dst, anchors])
+    vertices_src = np.concatenate([src[keep], band_src, anchors])
     tri = Delaunay(vertices_dst)
     simplices = tri.simplices
     inner = np.zeros(len(vertices_dst), bool)
@@ -351,8 +387,11 @@ def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig
     fraction, low, high = 1.0, 0.0, 1.0
     for _ in range(config.fraction_steps + 1):
         goal = src + fraction * (dst - src)
-        mesh = _mesh(src, goal, size_px)
+        mesh = _mesh(src, goal, size_px, config.brow_band)
         worst = _worst_ratio(mesh)
+        if worst <= config.min_jacobian and config.brow_band:   # the band's extra points can pinch a low brow
+            mesh = _mesh(src, goal, size_px, brow_band=False)
+            worst = _worst_ratio(mesh)
         if worst > config.min_jacobian:
             best = (fraction, goal, mesh, worst)
             low = fraction
