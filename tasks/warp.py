@@ -336,29 +336,38 @@ def _lid_skin_colour(image: np.ndarray, lid: np.ndarray, iod: float) -> np.ndarr
 def _close_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
     """An upper lid that comes down (AU45, AU07, AU04's lid drop) slides over a still eyeball: the part of the eye
     it leaves open shows the eye where it was (not squeezed into the smaller opening), and the part it covers
-    shows lid skin with the lash line at the lid's new edge. Returns (image float [S, S, 3], painted px)."""
+    shows lid skin with the lash line at the lid's new edge. Returns (image [S, S, 3], painted px); `out` itself
+    when no lid comes down."""
     size = image.shape[0]
-    iod = face_frame(src).iod_px
-    result = out.astype(np.float64)
-    painted = 0.0
+    result, painted = out, 0.0
     for lid_idx, eye in _UPPER_LIDS:
-        lid_idx = list(lid_idx)
+        lid_idx, eye = list(lid_idx), list(eye)
         down = float(np.mean(dst[lid_idx[1:3], 1] - src[lid_idx[1:3], 1]))
         if down < _LID_DOWN_MIN_PX:
             continue
-        open_now = np.minimum(polygon_mask(src[list(eye)], size), polygon_mask(dst[list(eye)], size))
-        result = result * (1.0 - open_now[..., None]) + image.astype(np.float64) * open_now[..., None]
+        if painted == 0.0:
+            result = out.astype(np.float64)
+        iod = face_frame(src).iod_px
+        half = 0.5 * max(0.8, _LASH_WIDTH_IOD * iod)
+        # Everything below happens inside the eye's box (both outlines and the lash line), a few px wide.
+        corners = np.concatenate([src[eye], dst[eye]])
+        lo = np.clip(np.floor(corners.min(axis=0) - half - 1.0).astype(int), 0, size - 1)
+        hi = np.clip(np.ceil(corners.max(axis=0) + half + 1.0).astype(int), 0, size - 1)
+        box = (slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1))
+        window, source = result[box], image[box].astype(np.float64)
+        src_eye = polygon_mask(src[eye], size)
+        open_now = np.minimum(src_eye, polygon_mask(dst[eye], size))[box][..., None]
+        window[:] = window * (1.0 - open_now) + source * open_now
         covered = polygon_mask(np.concatenate([src[lid_idx], dst[lid_idx[::-1]]]), size)
         skin = _lid_skin_colour(image, src[lid_idx], iod)
-        result = result * (1.0 - covered[..., None]) + skin * covered[..., None]
-        half = 0.5 * max(0.8, _LASH_WIDTH_IOD * iod)
+        window[:] = window * (1.0 - covered[box][..., None]) + skin * covered[box][..., None]
         lash = polygon_mask(np.concatenate([dst[lid_idx] - [0.0, half], (dst[lid_idx] + [0.0, half])[::-1]]), size)
-        eye_pixels = image[polygon_mask(src[list(eye)], size) > 0.5].astype(np.float64)
+        eye_pixels = image[src_eye > 0.5].astype(np.float64)
         lash_colour = (np.percentile(eye_pixels, 10, axis=0) if len(eye_pixels) >= 4 else 0.4 * skin)
         # The lid-skin paint covers the lashes the warp brought down with the lid; redraw them in proportion to
         # how much of the lash line's width the lid came down (a lid that drops a fraction of a pixel keeps its own).
-        alpha = _LASH_STRENGTH * min(1.0, down / (2.0 * half)) * lash
-        result = result * (1.0 - alpha[..., None]) + lash_colour * alpha[..., None]
+        alpha = (_LASH_STRENGTH * min(1.0, down / (2.0 * half)) * lash)[box][..., None]
+        window[:] = window * (1.0 - alpha) + lash_colour * alpha
         painted += float(covered.sum())
     return result, painted
 
@@ -453,7 +462,7 @@ def warp_to_landmarks(image: np.ndarray, src: np.ndarray, dst: np.ndarray, confi
     lids = 0.0
     if config.close_lids:
         closed, lids = _close_lids(image, out, np.asarray(src, np.float64), plan.landmarks.astype(np.float64))
-        if lids > 0:
+        if closed is not out:
             out = np.clip(np.round(closed), 0, 255).astype(np.uint8)
     return WarpResult(image=out, landmarks=plan.landmarks, fraction=plan.fraction, min_jacobian=plan.min_jacobian,
                       mouth_filled_px=filled, lid_painted_px=lids)
