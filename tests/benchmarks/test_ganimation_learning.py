@@ -206,7 +206,8 @@ def test_ganimation_learns_au_edits_on_held_out_identities(tmp_path):
     # ... and draw the expression: inside the edited regions the edit is closer to the true re-render of
     # the target than the unedited input is (texture that only fools the oracle fails here). The tolerant
     # check forgives softness and one-pixel misplacement; calibrated on the perfect edit
-    # (docs/ganimation-experiments.md): half way scores 0.48, the perfect edit blurred (sigma 1 px) 0.59, a quarter of the way 0.73, noise 2.8.
+    # (docs/ganimation-experiments.md): half way scores 0.48, the perfect edit blurred (sigma 1 px) 0.59, a quarter
+    # of the way 0.73, noise 2.8.
     assert final["pixel_ratio_tolerant"] < 0.6
 
 
