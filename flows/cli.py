@@ -353,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-map", action="append", default=[], metavar="NAME=ID", type=_class_map_item,
                    help="map an extra class name onto an emotion id (1..7)")
     p.add_argument("--unknown-class", default="reject", choices=["reject", "drop"])
-    p.add_argument("--align", default="mtcnn", choices=["mtcnn", "none"], help="'none' for pre-aligned images (resize + validate)")
+    p.add_argument("--align", default="mtcnn", choices=["mtcnn", "none"],
+                   help="'none' for pre-aligned images (resize + validate)")
     p.add_argument("--image-size", type=_positive_int, default=128, help="side of the square crops, px")
     p.add_argument("--face-policy", default="largest", choices=["largest", "most_confident"])
     p.add_argument("--min-face-prob", type=_float_in(0.0, 1.0), default=0.90)
@@ -383,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect_au)
 
     p = sub.add_parser("expand", help="prepared dataset -> AU edits + SinGAN regenerations -> expanded dataset",
-                       description="Apply N AU targets per train image with the landmark warp or GANimation, train SinGAN on each result and "
-                                   "draw M regenerations injected at a finer scale; write shards + manifest + report. "
+                       description="Apply N AU targets per train image with the landmark warp or GANimation, "
+                                   "train SinGAN on each result and draw M regenerations injected at a finer scale; "
+                                   "write shards + manifest + report. "
                                    "Re-running on the same --out resumes and never duplicates.")
     p.add_argument("prepared", help="output root of `singanimation prepare`")
     p.add_argument("--out", required=True, help="output root of the expanded dataset")
@@ -430,16 +432,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit-size", type=_positive_int, default=64, help="source images per work unit / shard")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit-sources", type=int, help="expand only this many train sources (seeded choice), to try settings")
-    p.add_argument("--test-split", default="copy", choices=["copy", "omit"], help="copy test originals through, or leave them out")
-    p.add_argument("--min-ssim", type=_float_in(-1.0, 1.0), help="quality gate: reject samples with SSIM to their source below this")
+    p.add_argument("--test-split", default="copy", choices=["copy", "omit"],
+                   help="copy test originals through, or leave them out")
+    p.add_argument("--min-ssim", type=_float_in(-1.0, 1.0),
+                   help="quality gate: reject samples with SSIM to their source below this")
     p.add_argument("--max-au-fidelity", type=float, help="quality gate: reject edits whose critic AU error exceeds this")
-    p.add_argument("--attention-range", type=_float_in(0.0, 1.0), nargs=2, metavar=("LO", "HI"), help="quality gate on mean attention")
+    p.add_argument("--attention-range", type=_float_in(0.0, 1.0), nargs=2, metavar=("LO", "HI"),
+                   help="quality gate on mean attention")
     p.add_argument("--sifid-weights", help="Inception-v3 weights (.pth) to score SIFID per SinGAN sample")
     p.add_argument("--fanout", default="local", choices=["local", "deployment"],
                    help="run units here, or as runs of the expand-unit deployment on the gpu pool")
     p.add_argument("--run-name", default="expand", help="shard file name prefix")
     p.add_argument("--device", default=None, help="cuda or cpu (default: CUDA when present)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (counts per stage, kind, label; units; compute) and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (counts per stage, kind, label; units; compute) and exit")
     p.set_defaults(func=cmd_expand)
 
     p = sub.add_parser("train-ganimation", help="train GANimation on a prepared dataset's AU-labelled train faces",
@@ -554,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     for command in sub.choices.values():  # also accepted after the command name
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the full traceback of an error")
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="print the full traceback of an error")
     return parser
 
 
@@ -619,7 +626,8 @@ def explain(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, OSError):
         return EXIT_FAILED, f"{exc.filename or 'I/O'}: {exc.strerror or exc}; check the path and re-run"
     if name == "SafetensorError":
-        return EXIT_FAILED, f"a checkpoint's model.safetensors cannot be read ({exc}): the file is damaged; re-create the checkpoint"
+        return EXIT_FAILED, (f"a checkpoint's model.safetensors cannot be read ({exc}): "
+                             "the file is damaged; re-create the checkpoint")
     if name.startswith("Arrow") or type(exc).__module__.startswith("pyarrow"):
         return EXIT_FAILED, f"a Parquet file cannot be read ({name}: {exc}); run `singanimation verify` on the output to find it"
     if type(exc).__name__ in ("LegacyCheckpointError", "CheckpointError"):

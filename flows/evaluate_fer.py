@@ -6,7 +6,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.fer_study import StudyConfig, parse_training_set, run_study
 from tasks.fer import (
     RUNS,
     FERConfig,
@@ -15,6 +14,7 @@ from tasks.fer import (
     write_config,
     write_report,
 )
+from tasks.fer_study import StudyConfig, parse_training_set, run_study
 
 
 @task(name="fer-describe-data", cache_policy=NO_CACHE)

@@ -109,7 +109,8 @@ class ExpandSettings(BaseModel):
         None, ge=0, description="iterations per scale of each bank fine-tuned from the prior (default: the preset's)")
     unit_size: int = Field(64, ge=1, description="source images per work unit (one shard each)")
     seed: int = Field(0, description="run seed: every edit and sample seed derives from it")
-    limit_sources: int | None = Field(None, ge=1, description="expand only this many train sources (a seeded choice), e.g. to try settings")
+    limit_sources: int | None = Field(
+        None, ge=1, description="expand only this many train sources (a seeded choice), e.g. to try settings")
     test_split: Literal["copy", "omit"] = Field("copy", description="copy test originals through untouched, or leave them out")
     gate: QualityGate = QualityGate()
     sifid_weights: str | None = Field(None, description="Inception-v3 weights (.pth) to score SIFID per SinGAN sample")
@@ -451,7 +452,8 @@ def _expand_locked(settings: ExpandSettings, rows: list[dict], config_hash: str,
         for i, unit in enumerate(tqdm(units, desc="expand units", unit="unit")):
             result = expand_unit_task(unit, edits_by_unit[unit.unit_id], job)
             results.append(result)
-            status = "skipped (already committed)" if result["skipped"] else f"wrote {result['written']}, rejects {result['rejected']}"
+            status = ("skipped (already committed)" if result["skipped"]
+                      else f"wrote {result['written']}, rejects {result['rejected']}")
             logger.info(f"unit {unit.unit_id} ({i + 1}/{len(units)}): {status}")
             _update_progress(progress, 100.0 * (i + 1) / len(units))
     timings["expand units"] = time.perf_counter() - t1
@@ -477,8 +479,9 @@ def _expand_locked(settings: ExpandSettings, rows: list[dict], config_hash: str,
     _publish_counts_table(settings.out)
     if not check.ok:
         raise RuntimeError(f"output failed verification:\n{check.summary()}")
-    return {"out": settings.out, "units": len(units), "skipped_units": sum(r["skipped"] for r in results), "retired_units": len(retired),
-            "verify_ok": check.ok, "report": str(report_md), "contact_sheet": str(sheet), "label_histogram": str(histogram)}
+    return {"out": settings.out, "units": len(units), "skipped_units": sum(r["skipped"] for r in results),
+            "retired_units": len(retired), "verify_ok": check.ok, "report": str(report_md), "contact_sheet": str(sheet),
+            "label_histogram": str(histogram)}
 
 
 def _progress_artifact():
@@ -508,7 +511,8 @@ def _publish_counts_table(out: str) -> None:
 
         from tasks.report import counts_by
 
-        rows = [{"split": s, "stage": st, "label": EMOTIONS[lb], "samples": n} for (s, st, lb), n in sorted(counts_by(out).items())]
+        rows = [{"split": s, "stage": st, "label": EMOTIONS[lb], "samples": n}
+                for (s, st, lb), n in sorted(counts_by(out).items())]
         create_table_artifact(table=rows, key="expand-counts", description="samples per split, stage and label")
     except Exception as exc:
         get_run_logger().warning(f"could not publish the counts table: {exc}")

@@ -137,7 +137,8 @@ def _prepare_locked(settings: PrepareSettings, ingested, au_note: str | None, co
         result = prepare_unit_task(unit, out, settings.run_name, run_id, settings.align, settings.aus,
                                    settings.landmarks, settings.device)
         results.append(result)
-        status = "skipped (already committed)" if result["skipped"] else f"{result['written']} written, rejects {result['rejected']}"
+        status = ("skipped (already committed)" if result["skipped"]
+                  else f"{result['written']} written, rejects {result['rejected']}")
         logger.info(f"unit {unit.unit_id}: {status}")
     timings["align + AUs + write"] = time.perf_counter() - t1
 
@@ -146,7 +147,8 @@ def _prepare_locked(settings: PrepareSettings, ingested, au_note: str | None, co
     check = verify(out)
     timings["total"] = time.perf_counter() - t0
     notes = [f"config hash {config_hash}", f"inputs {fingerprint} ({len(ingested.records)} sources)",
-             f"{sum(r['skipped'] for r in results)} of {len(units)} units were already committed, {len(retired)} stale units retired",
+             f"{sum(r['skipped'] for r in results)} of {len(units)} units were already committed, "
+             f"{len(retired)} stale units retired",
              *([au_note] if au_note else []),
              f"verify: {check.summary().splitlines()[0]}", *ingested.warnings]
     report_md, sheet = write_report(out, "Prepare run", timings, notes=notes)

@@ -7,13 +7,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-import numpy as np
 import pyarrow.parquet as pq
 
-from manifests.schema import MANIFEST_SCHEMA, REJECTS_SCHEMA, sha256_bytes
 from manifests.atomic import TMP_PREFIX
+from manifests.schema import MANIFEST_SCHEMA, REJECTS_SCHEMA, sha256_bytes
 from manifests.shards import list_members
 from manifests.writer import MANIFEST_DIR, REJECTS_DIR, REJECTS_FILE, SHARDS_DIR, ManifestError, part_problem
 
@@ -42,7 +42,8 @@ def read_manifest(out_root: str | os.PathLike, filter: ds.Expression | None = No
     except (pa.ArrowException, OSError) as exc:  # a footer that reads but data pages that do not
         raise ManifestError(f"the manifest of {out_root} cannot be read ({exc}); "
                             f"run `singanimation verify {out_root}` to find the damaged part") from exc
-    return table.sort_by([("shard", "ascending"), ("offset", "ascending")]) if {"shard", "offset"} <= set(table.column_names) else table
+    return (table.sort_by([("shard", "ascending"), ("offset", "ascending")]) if {"shard", "offset"} <= set(table.column_names)
+            else table)
 
 
 def read_rejects(out_root: str | os.PathLike) -> pa.Table:
@@ -118,7 +119,8 @@ def verify(out_root: str | os.PathLike) -> VerifyReport:
             for row in rows:
                 name = f"{row['sample_id']}.png"
                 if members.get(name) != (row["offset"], row["size"]):
-                    report.errors.append(f"{rel}: member {name} not at offset {row['offset']} size {row['size']} (tar has {members.get(name)})")
+                    report.errors.append(f"{rel}: member {name} not at offset {row['offset']} size {row['size']} "
+                                         f"(tar has {members.get(name)})")
                     continue
                 f.seek(row["offset"])
                 if sha256_bytes(f.read(row["size"])) != row["sha256"]:

@@ -40,7 +40,8 @@ QUALITY_TYPE = pa.struct([
     ("au_fidelity", pa.float32()),       # GANimation: mean |critic AU(out) - target|
     ("ssim_to_source", pa.float32()),    # SSIM of the sample to the image it was derived from
     ("sifid", pa.float32()),             # SinGAN: single-image FID to its source (optional)
-    ("warp_fraction", pa.float32()),     # warp: share of the planned landmark motion achieved (1 = all; < 1 = scaled back to avoid a fold)
+    ("warp_fraction", pa.float32()),     # warp: share of the planned landmark motion achieved
+                                         # (1 = all; < 1 = scaled back to avoid a fold)
 ])
 QUALITY_FIELDS: tuple[str, ...] = tuple(f.name for f in QUALITY_TYPE)
 

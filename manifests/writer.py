@@ -10,12 +10,13 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests.atomic import atomic_open
 from manifests.schema import (
     EDIT_KINDS,
     EMOTIONS,
     LABEL_KINDS,
-    LATER_COLUMNS,
     LANDMARK_SOURCES,
+    LATER_COLUMNS,
     MANIFEST_SCHEMA,
     N_AUS,
     N_LANDMARKS,
@@ -24,7 +25,6 @@ from manifests.schema import (
     SPLITS,
     STAGES,
 )
-from manifests.atomic import atomic_open
 from manifests.shards import ShardSample, write_shard
 
 MANIFEST_DIR = "manifest"

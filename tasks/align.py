@@ -1,6 +1,7 @@
 """Face alignment: MTCNN five-point detection, similarity warp onto a fixed template, square RGB crops."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -177,12 +178,12 @@ class FaceAligner:
 
         if self.config.mode == "none":
             for i in todo:
-                results[i] = _capture(lambda: self._resize_pre_aligned(images[i]))
+                results[i] = _capture(functools.partial(self._resize_pre_aligned, images[i]))
             return results  # type: ignore[return-value]
 
         for batch in self._plan_batches(images, todo):
             for i, detection in zip(batch, self._detect(images, batch)):
-                results[i] = _capture(lambda: self._align_one(images[i], *detection))
+                results[i] = _capture(functools.partial(self._align_one, images[i], *detection))
         return results  # type: ignore[return-value]
 
     # -- detection -------------------------------------------------------------------------------

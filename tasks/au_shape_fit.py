@@ -11,9 +11,9 @@ import numpy as np
 
 from manifests.atomic import atomic_write_text
 from manifests.schema import AU_INTENSITY_MAX, AU_NAMES, N_AUS
-from models.au_shape import AUShapeModel, N_LANDMARKS, default_au_shape_model, face_frame
-from tasks.errors import RejectError
+from models.au_shape import N_LANDMARKS, AUShapeModel, default_au_shape_model, face_frame
 from tasks import openface
+from tasks.errors import RejectError
 
 STAGE = "au_shape_fit"
 

@@ -481,7 +481,8 @@ def _regeneration_items(parent: _Item, outs: list[np.ndarray], seed: int, start_
             singan_params["prior"] = prior_id
         # model_versions: this run's (a parent that is an original carries its prepare run's)
         row = {**p, "stage": "singan", "singan_start_scale": start_scale, "singan_sample": j, "seed": seed,
-               "model_versions": versions, "quality": quality, "label_kind": "inherited" if p["stage"] == "original" else p["label_kind"],
+               "model_versions": versions, "quality": quality,
+               "label_kind": "inherited" if p["stage"] == "original" else p["label_kind"],
                "sample_id": make_sample_id(p["source_sha256"], "singan", edit=p["sample_id"],
                                            singan=singan_params, seed=seed)}
         failed = job.gate.check(quality)
@@ -526,10 +527,12 @@ def expand_unit(unit: ExpandUnit, edits: list[Edit], job: ExpandJob) -> dict:
         return {"unit_id": unit.unit_id, "skipped": True, "written": {}, "rejected": {}, "seconds": 0.0}
     device = resolve_device(job.device)
     wanted = set(unit.source_ids)
-    sources = {r["source_id"]: r for r in load_original_rows(job.prepared) if r["source_id"] in wanted and r["split"] == unit.split}
+    sources = {r["source_id"]: r for r in load_original_rows(job.prepared)
+               if r["source_id"] in wanted and r["split"] == unit.split}
     missing = wanted - set(sources)
     if missing:
-        raise FileNotFoundError(f"unit {unit.unit_id}: {len(missing)} sources are not in {job.prepared}, e.g. {sorted(missing)[:3]}")
+        raise FileNotFoundError(f"unit {unit.unit_id}: {len(missing)} sources are not in {job.prepared}, "
+                                f"e.g. {sorted(missing)[:3]}")
     rejects: list[dict] = []
     images = {}
     for sid in sorted(sources):

@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from manifests.atomic import atomic_write_text
 from manifests.dataset import ManifestDataset
 from manifests.schema import EMOTIONS, STAGES
-from manifests.atomic import atomic_write_text
 
 ARCHS = ("resnet18", "small_cnn")
 N_CLASSES = len(EMOTIONS)  # 7: label id k (1..7) is class k - 1

@@ -95,7 +95,8 @@ def write_report(
     examples = {}
     for r in rejects:
         examples.setdefault((r["stage"], r["reason"]), f"{r['source_id']}: {r['detail']}")
-    sheet_path = write_png(contact_sheet(tiles if tiles is not None else sample_tiles_per_label(out_root)), out_root / CONTACT_SHEET)
+    sheet_path = write_png(contact_sheet(tiles if tiles is not None else sample_tiles_per_label(out_root)),
+                           out_root / CONTACT_SHEET)
 
     parts = [f"# {title}", "", f"Output root: `{out_root}`", ""]
     parts += ["## Samples per split, stage and label", "",

@@ -64,7 +64,7 @@ def _source_landmarks68(images: list[np.ndarray]) -> list[np.ndarray]:
 
     detector = LandmarkDetector()
     out = []
-    for image, face in zip(images, FaceAligner(AlignConfig(image_size_px=128), device="cpu").align(images)):
+    for _image, face in zip(images, FaceAligner(AlignConfig(image_size_px=128), device="cpu").align(images)):
         if isinstance(face, Exception):
             raise RuntimeError(f"sample photo not aligned: {face}")  # the package photos all have a clear face
         out.append(landmarks_to_source(detector.detect(face.crop), face.transform))

@@ -6,7 +6,6 @@ import torch
 
 from benchmarks.au_oracle import AUOracle, AUOracleConfig
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

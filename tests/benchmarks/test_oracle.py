@@ -24,7 +24,6 @@ from manifests.schema import AU_INDEX, N_AUS
 from models.checkpoints import CheckpointError
 from tasks.synthetic import RENDERED_AUS, RenderConfig
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

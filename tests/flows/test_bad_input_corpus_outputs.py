@@ -99,7 +99,8 @@ def _comparable(out: Path) -> list[dict]:
 
 PARSE_ERRORS = {
     "image_size_zero": (["prepare", "d", "--out", "o", "--image-size", "0"],
-                        "singanimation prepare: error: argument --image-size: must be >= 1, got 0 (see `singanimation prepare --help`)\n"),
+                        "singanimation prepare: error: argument --image-size: must be >= 1, got 0 "
+                        "(see `singanimation prepare --help`)\n"),
     "class_map_unknown_id": (["prepare", "d", "--out", "o", "--class-map", "contempt=9"],
                              "singanimation prepare: error: argument --class-map: 'contempt=9': 9 is not an emotion id "
                              "(1 Surprise, 2 Fear, 3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral) "
@@ -242,7 +243,7 @@ def case_expand_ganimation_tensors_damaged(c: Corpus, capsys):
     tensors.write_bytes(tensors.read_bytes()[:100])
     _refused(capsys, ["expand", str(c.prepared), "--out", str(out), "--ganimation", str(folder), "--plan", "emotion",
                       "-M", "0", "--device", "cpu"],
-             f"does not match the hash in its config.json (corrupt or edited)); give a checkpoint folder")
+             "does not match the hash in its config.json (corrupt or edited)); give a checkpoint folder")
     assert not out.exists()
 
 
@@ -283,7 +284,7 @@ def case_output_locked_on_another_host(c: Corpus, capsys):
     out = c.copy_expanded()
     (out / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "gpu-worker-7", "flow": "expand", "started": "x"}))
     _refused(capsys, ["expand", str(c.prepared), "--out", str(out), *TINY],
-             f"is in use by another run (expand pid 1 on host gpu-worker-7, started x)")
+             "is in use by another run (expand pid 1 on host gpu-worker-7, started x)")
 
 
 def case_stale_lock_of_a_killed_run_is_replaced(c: Corpus, capsys):

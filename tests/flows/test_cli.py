@@ -70,7 +70,8 @@ def test_evaluate_fer_study_errors_exit_2_before_any_work(tmp_path, capsys):
 def test_prepare_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
     sample = build_sample_dataset(tmp_path / "sample")
     out = tmp_path / "out"
-    assert main(["prepare", sample["images"], "--out", str(out), "--aus", sample["openface"], "--unit-size", "4", "--dry-run"]) == 0
+    assert main(["prepare", sample["images"], "--out", str(out), "--aus", sample["openface"], "--unit-size", "4",
+                 "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["images_per_split_and_label"]["train"]["Happiness"] == 5
     assert plan["images_per_split_and_label"]["test"]["Neutral"] == 1
@@ -82,7 +83,8 @@ def test_verify_exit_codes(tmp_path, capsys):
     row = {"sample_id": "abc", "split": "train", "source_id": "s", "source_sha256": "0" * 64, "stage": "original",
            "edit_kind": "none", "label": 4, "label_kind": "original", "au_source": [0.0] * N_AUS, "width": 8,
            "height": 8, "landmarks": None, "landmark_source": "none", "model_versions": "t", "run_id": "r"}
-    commit_unit(tmp_path, split="train", run_name="t", unit_id="u", samples=[Sample(encode_png_rgb(np.zeros((8, 8, 3), np.uint8)), row)])
+    commit_unit(tmp_path, split="train", run_name="t", unit_id="u",
+                samples=[Sample(encode_png_rgb(np.zeros((8, 8, 3), np.uint8)), row)])
     assert main(["verify", str(tmp_path)]) == 0
     assert "OK: 1 rows" in capsys.readouterr().out
     shard = tmp_path / "shards/train/t-u.tar"

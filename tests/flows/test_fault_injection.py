@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from manifests.atomic import FAULT_ENV
 from manifests.reader import read_manifest, read_rejects, verify
 

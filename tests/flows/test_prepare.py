@@ -72,7 +72,7 @@ def test_interrupted_run_resumes_to_the_same_manifest(sample, clean_run, tmp_pat
         return real_commit(*args, **kwargs)
 
     monkeypatch.setattr(prep, "commit_unit", crash_on_third)
-    with pytest.raises(BaseException):
+    with pytest.raises(KeyboardInterrupt):
         prepare(_settings(sample, tmp_path))
     monkeypatch.setattr(prep, "commit_unit", real_commit)
     partial = read_manifest(tmp_path).num_rows

@@ -37,7 +37,8 @@ def _commit(root, unit, idx, split="train", rejects=None):
 
 
 def test_commit_read_verify_round_trip(tmp_path):
-    n1, images = _commit(tmp_path, "train-00000", range(0, 5), rejects=[{"source_id": "bad", "stage": "align", "reason": "no_face", "detail": "x"}])
+    n1, images = _commit(tmp_path, "train-00000", range(0, 5),
+                         rejects=[{"source_id": "bad", "stage": "align", "reason": "no_face", "detail": "x"}])
     n2, more = _commit(tmp_path, "test-00000", range(5, 8), split="test")
     images.update(more)
     assert (n1, n2) == (5, 3)
@@ -195,7 +196,8 @@ def test_reject_rows_with_undecodable_names_are_stored_escaped(tmp_path):
 def test_retire_units_removes_parts_rejects_and_shards_not_in_the_plan(tmp_path):
     from manifests.writer import retire_units
 
-    _commit(tmp_path, "train-b0-0000000000", range(0, 2), rejects=[{"source_id": "x", "stage": "align", "reason": "no_face", "detail": ""}])
+    _commit(tmp_path, "train-b0-0000000000", range(0, 2),
+            rejects=[{"source_id": "x", "stage": "align", "reason": "no_face", "detail": ""}])
     _commit(tmp_path, "train-b1-1111111111", range(2, 4))
     # a crash between shard and part left this one's shard only
     (tmp_path / "shards" / "train" / "t-train-b1-2222222222.tar").write_bytes(b"partial")

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from models.checkpoints import (
-    CheckpointError, checkpoint_id, config_from_dict, config_hash, load_checkpoint, save_checkpoint,
+    CheckpointError,
+    checkpoint_id,
+    config_from_dict,
+    config_hash,
+    load_checkpoint,
+    save_checkpoint,
 )
 
 

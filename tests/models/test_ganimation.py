@@ -6,7 +6,13 @@ import torch
 from torch import nn
 
 from models.ganimation import (
-    Critic, GANimationConfig, Generator, _resize_conv, compose, count_parameters, init_weights,
+    Critic,
+    GANimationConfig,
+    Generator,
+    _resize_conv,
+    compose,
+    count_parameters,
+    init_weights,
 )
 
 TINY = dict(image_size_px=16, conv_dim=8, repeat_num=2, critic_conv_dim=8, critic_layers=2)

@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from models.ganimation_losses import (
-    LossWeights, attention_l1, attention_tv, au_regression, critic_loss, critic_wasserstein, cycle_l1,
-    generator_adversarial, generator_loss, gradient_penalty,
+    LossWeights,
+    attention_l1,
+    attention_tv,
+    au_regression,
+    critic_loss,
+    critic_wasserstein,
+    cycle_l1,
+    generator_adversarial,
+    generator_loss,
+    gradient_penalty,
 )
 
 

@@ -7,7 +7,11 @@ from torch import nn
 
 from models.ganimation import Critic, GANimationConfig, Generator
 from models.legacy import (
-    LegacyCheckpointError, convert_checkpoint_file, convert_state_dict, expected_keys, load_published_state_dict,
+    LegacyCheckpointError,
+    convert_checkpoint_file,
+    convert_state_dict,
+    expected_keys,
+    load_published_state_dict,
 )
 
 TINY = dict(image_size_px=16, conv_dim=8, repeat_num=2, critic_conv_dim=8, critic_layers=2)

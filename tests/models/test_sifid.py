@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from models.sifid import (
-    FEATURE_CHANNELS, STEM, InceptionFeatures, InceptionWeightsError, SIFIDConfig, feature_side_px, feature_statistics,
-    frechet_distance, min_image_side_px,
+    FEATURE_CHANNELS,
+    STEM,
+    InceptionFeatures,
+    InceptionWeightsError,
+    SIFIDConfig,
+    feature_side_px,
+    feature_statistics,
+    frechet_distance,
+    min_image_side_px,
 )
 from tasks.errors import RejectError
 from tasks.sifid import load_inception, sifid_command, sifid_images

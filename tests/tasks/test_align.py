@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 from tasks.align import (
-    AlignConfig, AlignedFace, FaceAligner, fit_similarity, load_image_rgb, select_face, template_landmarks5,
+    AlignConfig,
+    AlignedFace,
+    FaceAligner,
+    fit_similarity,
+    load_image_rgb,
+    select_face,
+    template_landmarks5,
 )
 from tasks.errors import RejectError
 

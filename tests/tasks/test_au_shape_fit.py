@@ -62,7 +62,6 @@ def _synthetic(rng: np.random.Generator, basis: np.ndarray, pose_terms: np.ndarr
         aus.append(a)
         pose.append(p)
         group.append(np.full(n_per_group, g))
-    n = n_per_group * n_groups
     return ShapeRows(points=np.concatenate(points), aus=np.concatenate(aus), pose=np.concatenate(pose),
                      group=np.concatenate(group), time=np.tile(np.arange(n_per_group, dtype=float), n_groups),
                      groups=[f"g{g}" for g in range(n_groups)])

@@ -13,8 +13,18 @@ from manifests.dataset import ManifestDataset, encode_png_rgb
 from manifests.schema import N_AUS, make_sample_id, sha256_bytes, stable_hash
 from manifests.writer import Sample, commit_unit
 from tasks.fer import (
-    CLASS_NAMES, FERConfig, REPORT_JSON, REPORT_MD, build_classifier, compare_runs, describe_data,
-    evaluate_classifier, evaluation_dataset, plan_batches, train_classifier, train_dataset,
+    CLASS_NAMES,
+    REPORT_JSON,
+    REPORT_MD,
+    FERConfig,
+    build_classifier,
+    compare_runs,
+    describe_data,
+    evaluate_classifier,
+    evaluation_dataset,
+    plan_batches,
+    train_classifier,
+    train_dataset,
 )
 
 IMAGE_PX = 24

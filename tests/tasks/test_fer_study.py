@@ -17,8 +17,17 @@ from manifests.writer import Sample, commit_unit
 from tasks import fer_study
 from tasks.fer import FERConfig
 from tasks.fer_study import (
-    AugmentConfig, Part, StandardAugment, StudyConfig, assign_folds, load_study_data, paired,
-    parse_training_set, plan_folds, run_study, summarise,
+    AugmentConfig,
+    Part,
+    StandardAugment,
+    StudyConfig,
+    assign_folds,
+    load_study_data,
+    paired,
+    parse_training_set,
+    plan_folds,
+    run_study,
+    summarise,
 )
 from tests.conftest import shared_data_dir
 from tests.tasks.test_fer import IMAGE_PX, _sample, one_thread  # noqa: F401  (one torch thread, autouse)
@@ -210,6 +219,6 @@ def test_ck48_subjects_never_in_both_train_and_test(tmp_path):
         assert tested and not tested & trained and tested | trained == subjects
     # Three frames of one sequence are near copies: a file-level split would put them on both sides.
     by_sequence = {}
-    for i, sid in enumerate(data.sample_ids):
+    for i, _sid in enumerate(data.sample_ids):
         by_sequence.setdefault(data.groups[i], set()).add(next(p.fold for p in plans if i in p.test))
     assert all(len(folds) == 1 for folds in by_sequence.values())

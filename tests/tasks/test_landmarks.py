@@ -61,7 +61,7 @@ def test_detector_on_real_faces_agrees_with_the_aligner(detector, aligned, size)
         assert error_128px.max() < 3.5, error_128px
         check_landmarks(points, size)  # a real face passes every check
         # The iBUG layout: brows above eyes above the nose tip above the mouth above the chin.
-        y = lambda group: points[group, 1].mean()  # noqa: E731
+        y = lambda group, points=points: points[group, 1].mean()  # noqa: E731
         assert y(slice(17, 27)) < y(slice(36, 48)) < points[30, 1] < y(slice(48, 68)) < points[8, 1]
         assert points[36, 0] < points[39, 0] < points[42, 0] < points[45, 0]  # image-left eye first
 

@@ -12,7 +12,6 @@ from models.checkpoints import CheckpointError, save_checkpoint
 from models.metrics import diversity, patch_realism, rmse, ssim
 from models.singan import SinGANConfig, preset, regenerate
 from tasks.errors import RejectError
-from tasks.tensors import tensor_to_uint8
 from tasks.singan import (
     BANK_KIND,
     PRIOR_KIND,
@@ -31,6 +30,7 @@ from tasks.singan import (
     train_singan_bank,
     train_singan_prior,
 )
+from tasks.tensors import tensor_to_uint8
 
 TEST_CONFIG = dataclasses.replace(
     preset("tiny"), min_size_px=16, iters_per_scale=2, d_steps=2, g_steps=2, base_channels=4,
@@ -261,7 +261,8 @@ def test_reconstruction_reproduces_the_face(astronaut_bank, astronaut_skip_bank)
     full, _ = astronaut_bank
     full_rmse = float(rmse(full.reconstruct(), image[None])[0])
     flat_rmse = float(rmse(image.mean(dim=(1, 2), keepdim=True).expand_as(image)[None], image[None])[0])
-    print(f"\nreconstruction RMSE: coarse-skipping bank {rec_rmse:.4f} (its input, the image via the finest skipped scale: {start_rmse:.4f}); "
+    print(f"\nreconstruction RMSE: coarse-skipping bank {rec_rmse:.4f} "
+          f"(its input, the image via the finest skipped scale: {start_rmse:.4f}); "
           f"all-scales bank from z* {full_rmse:.4f} (flat mean colour: {flat_rmse:.4f})")
     assert rec_rmse < 0.6 * start_rmse
     assert full_rmse < 0.5 * flat_rmse

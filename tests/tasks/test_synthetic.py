@@ -175,7 +175,7 @@ def test_landmarks_are_the_ibug_layout_on_the_image():
         points = render_landmarks68(random_identity(seed), np.zeros(N_AUS), CONFIG)
         assert points.shape == (68, 2) and points.dtype == np.float32
         assert ((points > 0) & (points < CONFIG.image_size_px - 1)).all()
-        y = lambda group: points[group, 1].mean()  # noqa: E731
+        y = lambda group, points=points: points[group, 1].mean()  # noqa: E731
         assert y(slice(17, 27)) < y(slice(36, 48)) < points[30, 1] < y(slice(48, 68)) < points[8, 1]
         assert points[0, 0] < points[8, 0] < points[16, 0]                       # jaw: image-left to right
         assert points[17, 0] < points[21, 0] < points[22, 0] < points[26, 0]     # brows: outer-inner | inner-outer
@@ -231,7 +231,7 @@ def test_landmarks_land_on_the_drawn_features():
         named = {"skin": palette.skin, "brow": palette.brow, "lips": palette.lips, "sclera": palette.sclera,
                  "iris": palette.iris, "hair": palette.hair}
 
-        def nearest(xy) -> str:
+        def nearest(xy, image=image, named=named) -> str:
             colour = image[int(round(xy[1])), int(round(xy[0]))]
             return min(named, key=lambda k: np.linalg.norm(colour - np.asarray(named[k])))
 

@@ -18,12 +18,12 @@ from tasks.targets import (
     format_plan_summary,
     nearest_emotion,
     plan_balance,
-    source_group,
     plan_emotion,
     plan_interpolate,
     plan_single_au,
     plan_summary,
     prototype_vector,
+    source_group,
 )
 
 # RAF-DB basic train split counts per label id.
