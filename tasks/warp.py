@@ -17,8 +17,10 @@ STAGE = "warp"
 # polygon fill, which drew a dark rim round every opening and a bar across slightly parted lips). 3: a closing
 # eye is drawn as a lid sliding over a still eyeball (lid skin and a lash line painted over the covered part)
 # instead of the eye's own pixels squeezed into the smaller opening. 4: brows move as a whole (mesh points above and
-# below each moving brow point), so a raised brow no longer comes out thicker.
-WARP_REVISION = 4
+# below each moving brow point), so a raised brow no longer comes out thicker. 5: the lowered lid takes the colour of
+# the skin just above it, column by column, and also covers the lashes just above the old lid line (4 painted one
+# flat colour, which left a pale strip inside dark sockets).
+WARP_REVISION = 5
 
 # Anchors every this many px along the crop border hold the frame in place (zero displacement).
 _BORDER_ANCHOR_STEP_FRACTION = 1.0 / 8.0
@@ -43,8 +45,9 @@ class WarpConfig:
     fill_mouth:     paint the newly exposed mouth interior (dark, shaded toward the corners, upper teeth)
                     instead of stretching lip skin into it.
     close_lids:     an upper lid that comes down slides over the eye: the part of the eye it still leaves open is
-                    kept in place (not squeezed), and the part it covers is painted as lid skin with the lash
-                    line at its new edge.
+                    kept in place (not squeezed), and the part it covers (plus a margin fading out above the old
+                    lid line, where the old lashes were) is painted column by column with the skin just above
+                    the lid, with the lash line at its new edge.
     brow_band:      brows move as a whole (mesh points above and below each brow point move with it), so a
                     raised or lowered brow keeps its thickness.
     """
@@ -316,21 +319,37 @@ def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region:
 # Upper lids from the outer to the inner corner, with the eye outline each belongs to.
 _UPPER_LIDS = (((36, 37, 38, 39), RIGHT_EYE), ((45, 44, 43, 42), LEFT_EYE))
 _LID_DOWN_MIN_PX = 0.25        # an upper lid that comes down less than this (mean, px) is left to the warp
-_LASH_WIDTH_IOD = 0.03         # the lash line drawn at a lowered lid's edge (about 1 px at 128 px)
+_LASH_WIDTH_IOD = 0.05         # the lash line drawn at a lowered lid's edge (about 2 px at 128 px)
 _LASH_STRENGTH = 0.8
-_LID_SKIN_BAND_IOD = (0.04, 0.2)   # lid skin is sampled this far above the source upper lid (IOD)
+_LID_MARGIN_IOD = 0.04         # a lowered lid's skin also covers this far above the old lid line (fading out), and
+                               # is sampled 1 px above that
 
 
-def _lid_skin_colour(image: np.ndarray, lid: np.ndarray, iod: float) -> np.ndarray:
-    """The upper lid's own skin colour: the brighter half of a band above the source lid (lid skin and crease,
-    below the brow), so lashes and the crease's shadow do not darken it."""
-    near, far = _LID_SKIN_BAND_IOD
-    band = polygon_mask(np.concatenate([lid - [0.0, near * iod], (lid - [0.0, far * iod])[::-1]]), image.shape[0])
-    pixels = image[band > 0.5].astype(np.float64)
-    if len(pixels) < 4:
-        return np.median(image.reshape(-1, 3), axis=0).astype(np.float64)
-    light = pixels.mean(axis=1)
-    return pixels[light >= np.median(light)].mean(axis=0)
+def _lid_skin(window: np.ndarray, lid: np.ndarray, above_px: float, box: tuple[slice, slice]) -> np.ndarray:
+    """The colour a lowered lid takes, column by column [1, w, 3]: the skin `above_px` over the source lid line in
+    the warped window (the lid's own skin, which the warp has brought down with it), averaged over 3 columns. A
+    lid in a shadowed socket stays as dark as the socket, a lit one as light as its skin, instead of one flat
+    colour from a wider band, which painted a pale strip (read as sclera) across dark sockets."""
+    xs = np.arange(box[1].start, box[1].stop, dtype=np.float64)
+    order = np.argsort(lid[:, 0])
+    rows = np.interp(xs, lid[order, 0], lid[order, 1]) - above_px - box[0].start
+    rows = np.clip(np.round(rows).astype(int), 0, window.shape[0] - 1)
+    colours = window[rows, np.arange(window.shape[1])].astype(np.float32)[None]
+    return cv2.blur(colours, (3, 1), borderType=cv2.BORDER_REPLICATE).astype(np.float64)
+
+
+def _above_lid(lid: np.ndarray, margin: float, box: tuple[slice, slice]) -> np.ndarray:
+    """Weights in the box [h, w]: 1 on the lid line, fading linearly to 0 at `margin` px above it, the margin
+    tapering to nothing at the eye's corners."""
+    ys = np.arange(box[0].start, box[0].stop, dtype=np.float64)[:, None]
+    xs = np.arange(box[1].start, box[1].stop, dtype=np.float64)[None, :]
+    order = np.argsort(lid[:, 0])
+    lx, ly = lid[order, 0], lid[order, 1]
+    t = np.clip((xs - lx[0]) / max(lx[-1] - lx[0], 1e-6), 0.0, 1.0)
+    local = margin * np.sin(np.pi * t) ** 0.5
+    above = np.interp(xs, lx, ly) - ys
+    weight = np.where((above >= 0.0) & (local > 1e-6), 1.0 - above / np.maximum(local, 1e-6), 0.0)
+    return np.clip(weight, 0.0, 1.0)
 
 
 def _close_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
@@ -351,19 +370,22 @@ def _close_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.nda
         half = 0.5 * max(0.8, _LASH_WIDTH_IOD * iod)
         # Everything below happens inside the eye's box (both outlines and the lash line), a few px wide.
         corners = np.concatenate([src[eye], dst[eye]])
-        lo = np.clip(np.floor(corners.min(axis=0) - half - 1.0).astype(int), 0, size - 1)
+        margin = min(_LID_MARGIN_IOD * iod, down)
+        lo = np.clip(np.floor(corners.min(axis=0) - half - 1.0 - [0.0, margin + 1.0]).astype(int), 0, size - 1)
         hi = np.clip(np.ceil(corners.max(axis=0) + half + 1.0).astype(int), 0, size - 1)
         box = (slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1))
         window, source = result[box], image[box].astype(np.float64)
         src_eye = polygon_mask(src[eye], size)
         open_now = np.minimum(src_eye, polygon_mask(dst[eye], size))[box][..., None]
         window[:] = window * (1.0 - open_now) + source * open_now
-        covered = polygon_mask(np.concatenate([src[lid_idx], dst[lid_idx[::-1]]]), size)
-        skin = _lid_skin_colour(image, src[lid_idx], iod)
-        window[:] = window * (1.0 - covered[box][..., None]) + skin * covered[box][..., None]
+        covered = polygon_mask(np.concatenate([src[lid_idx], dst[lid_idx[::-1]]]), size)[box]
+        # The lid's skin covers what the lid now hides, and (fading out) the lashes just above the old lid line.
+        skin = _lid_skin(window, src[lid_idx], margin + 1.0, box)
+        paint = np.maximum(covered, _above_lid(src[lid_idx], margin, box))[..., None]
+        window[:] = window * (1.0 - paint) + skin * paint
         lash = polygon_mask(np.concatenate([dst[lid_idx] - [0.0, half], (dst[lid_idx] + [0.0, half])[::-1]]), size)
         eye_pixels = image[src_eye > 0.5].astype(np.float64)
-        lash_colour = (np.percentile(eye_pixels, 10, axis=0) if len(eye_pixels) >= 4 else 0.4 * skin)
+        lash_colour = (np.percentile(eye_pixels, 10, axis=0) if len(eye_pixels) >= 4 else 0.4 * skin.mean(axis=(0, 1)))
         # The lid-skin paint covers the lashes the warp brought down with the lid; redraw them in proportion to
         # how much of the lash line's width the lid came down (a lid that drops a fraction of a pixel keeps its own).
         alpha = (_LASH_STRENGTH * min(1.0, down / (2.0 * half)) * lash)[box][..., None]

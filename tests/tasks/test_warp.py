@@ -5,10 +5,10 @@ import cv2
 import numpy as np
 import pytest
 
-from models.au_shape import AU_NAMES, INNER_LIPS, default_au_shape_model
+from models.au_shape import AU_NAMES, INNER_LIPS, default_au_shape_model, face_frame
 from tasks.errors import RejectError
 from tasks.openface import synthetic_landmarks68
-from tasks.warp import WarpConfig, WarpEditor, jacobian_det, plan_warp, polygon_mask, warp_to_landmarks
+from tasks.warp import _LASH_WIDTH_IOD, WarpConfig, WarpEditor, jacobian_det, plan_warp, polygon_mask, warp_to_landmarks
 
 SIZE = 128
 FACE = synthetic_landmarks68((64.0, 58.0), 31.0).astype(np.float32)
@@ -163,23 +163,29 @@ def _drawn_eyes() -> np.ndarray:
     return np.round(skin * (1 - opening[..., None]) + eyes * opening[..., None]).astype(np.uint8)
 
 
+def _lid_band(landmarks: np.ndarray, half_width: float) -> np.ndarray:
+    """The band of `half_width` px either side of the right upper lid's edge."""
+    lid = landmarks[[36, 37, 38, 39]]
+    return polygon_mask(np.concatenate([lid - [0, half_width], (lid + [0, half_width])[::-1]]), SIZE) > 0
+
+
 def test_a_lowered_lid_slides_over_the_eye_instead_of_squeezing_it():
     image = _drawn_eyes()
-    half = EDITOR.edit(image, FACE, np.zeros(17), one_hot("AU45", 0.5))
     eye = list(range(36, 42))
-    still_open = (polygon_mask(half.landmarks[eye], SIZE) > 0.99) & (polygon_mask(FACE[eye], SIZE) > 0.99)
-    assert still_open.sum() >= 8
-    # the part the lid leaves open shows the eye where it was, pixel for pixel
-    np.testing.assert_array_equal(half.image[still_open], image[still_open])
-    squeezed = warp_to_landmarks(image, FACE, half.landmarks, WarpConfig(close_lids=False)).image
+    lowered = EDITOR.edit(image, FACE, np.zeros(17), one_hot("AU45", 0.4))
+    lash = _lid_band(lowered.landmarks, 0.5 * max(0.8, _LASH_WIDTH_IOD * face_frame(FACE).iod_px))
+    still_open = (polygon_mask(lowered.landmarks[eye], SIZE) > 0.99) & (polygon_mask(FACE[eye], SIZE) > 0.99) & ~lash
+    assert still_open.sum() >= 8 and lowered.lid_painted_px > 0
+    # the part the lid leaves open (below the lash line at its new edge) shows the eye where it was, pixel for pixel
+    np.testing.assert_array_equal(lowered.image[still_open], image[still_open])
+    squeezed = warp_to_landmarks(image, FACE, lowered.landmarks, WarpConfig(close_lids=False)).image
     assert np.any(squeezed[still_open] != image[still_open])
     # the part it covers is lid skin, not sclera
-    covered = (polygon_mask(FACE[eye], SIZE) > 0.99) & (polygon_mask(half.landmarks[eye], SIZE) < 0.01)
-    lash = polygon_mask(np.concatenate([half.landmarks[[36, 37, 38, 39]] - [0, 1.5],
-                                        half.landmarks[[39, 38, 37, 36]] + [0, 1.5]]), SIZE) > 0
-    skin_only = covered & ~lash
-    assert skin_only.sum() >= 4 and half.lid_painted_px > 0
-    np.testing.assert_allclose(half.image[skin_only].mean(axis=0), (200, 160, 140), atol=6)
+    lower = EDITOR.edit(image, FACE, np.zeros(17), one_hot("AU45", 0.7))
+    covered = (polygon_mask(FACE[eye], SIZE) > 0.99) & (polygon_mask(lower.landmarks[eye], SIZE) < 0.01)
+    skin_only = covered & ~_lid_band(lower.landmarks, 1.5)
+    assert skin_only.sum() >= 4
+    np.testing.assert_allclose(lower.image[skin_only].mean(axis=0), (200, 160, 140), atol=6)
 
 
 def test_a_closed_eye_shows_lid_skin_and_a_lash_line():
@@ -190,12 +196,41 @@ def test_a_closed_eye_shows_lid_skin_and_a_lash_line():
     lum = closed.image.astype(float).mean(-1)
     skin_lum = np.mean((200, 160, 140))
     # no sclera or iris left: the old opening is skin-coloured except the lash line along the closed lid
-    assert np.abs(lum[was_open] - skin_lum).mean() < 0.35 * np.abs(image.astype(float).mean(-1)[was_open] - skin_lum).mean()
+    lash = _lid_band(closed.landmarks, 0.5 * max(0.8, _LASH_WIDTH_IOD * face_frame(FACE).iod_px))
+    bare = was_open & ~lash
+    assert bare.sum() >= 10
+    np.testing.assert_allclose(closed.image[bare].mean(axis=0), (200, 160, 140), atol=8)
+    assert closed.image[was_open & lash].mean() < skin_lum - 40
     lid_row = int(round(closed.landmarks[[37, 38], 1].mean()))
     x = int(round(closed.landmarks[[37, 38], 0].mean()))
     assert lum[lid_row, x] < skin_lum - 40                  # the lashes at the lid's new edge
     opened = EDITOR.edit(image, FACE, np.zeros(17), one_hot("AU05"))    # a raised lid is left to the warp
     assert opened.lid_painted_px == 0.0
+
+
+def test_a_closing_lid_brings_down_the_skin_just_above_it():
+    """Real lids sit under a shadowed fold: the closing lid carries that colour down, not a paler band.
+
+    A 256 px face whose eye sockets are darker than the cheeks from each upper lid to 0.15 IOD above it.
+    Closing the eye must fill the part of the old opening the lid slid over (above its lash line) with the
+    socket's colour, the skin the lid brought down, not a paler band.
+    """
+    size, skin, socket = 256, (200, 160, 140), (90, 70, 60)
+    face = synthetic_landmarks68((128.0, 116.0), 62.0).astype(np.float32)
+    iod = face_frame(face).iod_px
+    image = np.full((size, size, 3), skin, np.uint8)
+    for eye in (range(36, 42), range(42, 48)):
+        upper = face[list(eye)[:4]]
+        cv2.fillPoly(image, [np.round(np.concatenate([upper, (upper - [0, 0.15 * iod])[::-1]])).astype(np.int32)], socket)
+        cv2.fillPoly(image, [np.round(face[list(eye)]).astype(np.int32)], (245, 245, 240))
+        cv2.circle(image, tuple(int(v) for v in np.round(face[list(eye)].mean(axis=0))), 5, (40, 30, 20), -1)
+    closed = EDITOR.edit(image, face, np.zeros(17), one_hot("AU45"))
+    eye = list(range(36, 42))
+    old_lid, new_lid = face[eye[:4]], closed.landmarks[eye[:4]]
+    swept = polygon_mask(np.concatenate([old_lid, (new_lid - [0, 2.0])[::-1]]), size) > 0.99
+    region = (polygon_mask(face[eye], size) > 0.99) & swept     # the old opening the lid now hides, less its lashes
+    assert region.sum() >= 20
+    np.testing.assert_allclose(closed.image[region].mean(axis=0), socket, atol=10)
 
 
 def test_impossible_motion_is_scaled_back_or_rejected(crop):
