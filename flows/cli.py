@@ -237,11 +237,16 @@ def cmd_expand(args: argparse.Namespace) -> int:
 def cmd_train_ganimation(args: argparse.Namespace) -> int:
     from flows.train_ganimation import TrainGANimationSettings, train_ganimation_flow
     from models.ganimation import GANimationConfig
-    from tasks.train_ganimation import TrainGANimationConfig
+    from tasks.train_ganimation import TrainGANimationConfig, default_warp_teacher_weight
 
     model = GANimationConfig(image_size_px=args.image_size, conv_dim=args.conv_dim, repeat_num=args.repeat_num,
                              upsample=args.upsample)
-    train = TrainGANimationConfig(model=model, batch_size=args.batch_size, warp_teacher_weight=args.warp_teacher,
+    teacher = default_warp_teacher_weight(model) if args.warp_teacher is None else args.warp_teacher
+    if args.warp_teacher is None:
+        print(f"--warp-teacher not given: {teacher:g} for this model size "
+              f"({'the published size: off' if teacher == 0 else 'smaller than the published size: on'})",
+              file=sys.stderr)
+    train = TrainGANimationConfig(model=model, batch_size=args.batch_size, warp_teacher_weight=teacher,
                                   warp_teacher_au_shape=args.warp_teacher_au_shape)
     settings = TrainGANimationSettings(prepared=args.prepared, out=args.out, epochs=args.epochs, seed=args.seed,
                                        train=train, device=args.device)
@@ -459,10 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-num", type=int, default=6)
     p.add_argument("--upsample", default="transposed", choices=["transposed", "resize_conv"])
     p.add_argument("--batch-size", type=int, default=25)
-    p.add_argument("--warp-teacher", type=float, default=0.0, metavar="WEIGHT",
+    p.add_argument("--warp-teacher", type=float, default=None, metavar="WEIGHT",
                    help="weight of the L1 term toward the landmark warp's edit of each (face, target) pair, held for "
-                        "the first half of training, then down to 0.1x (default 0: off, the published setting; "
-                        "the synthetic benchmark uses 100); faces without landmarks get no term")
+                        "the first half of training, then down to 0.1x; 0 = off. Default: 100 for a model smaller "
+                        "than the published size (128 px, conv-dim 64, 6 blocks), 0 at that size (the published "
+                        "setting). Faces without landmarks get no term")
     p.add_argument("--warp-teacher-au-shape", default=None, help="AU shape model JSON for the teacher's warp")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)

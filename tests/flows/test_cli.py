@@ -126,7 +126,15 @@ def test_warp_teacher_and_warp_then_ganimation_flags(monkeypatch, capsys):
     assert seen["settings"].train.warp_teacher_weight == 10.0
     seen.clear()
     main(["train-ganimation", "p", "--out", "o"])
-    assert seen["settings"].train.warp_teacher_weight == 0.0  # the published preset: off unless asked
+    assert seen["settings"].train.warp_teacher_weight == 0.0  # the published size: off unless asked
+    assert "the published size: off" in capsys.readouterr().err
+    seen.clear()
+    main(["train-ganimation", "p", "--out", "o", "--conv-dim", "16", "--repeat-num", "3", "--image-size", "64"])
+    assert seen["settings"].train.warp_teacher_weight == 100.0  # a CPU-sized model: taught by default
+    assert "smaller than the published size: on" in capsys.readouterr().err
+    seen.clear()
+    main(["train-ganimation", "p", "--out", "o", "--conv-dim", "16", "--warp-teacher", "0"])
+    assert seen["settings"].train.warp_teacher_weight == 0.0  # asked off
     args = build_parser().parse_args(["expand", "p", "--out", "o", "--editor", "warp+ganimation", "--ganimation", "ck"])
     settings = _expand_settings(args)
     assert settings.resolved_editor() == "warp+ganimation" and settings.job("r").ganimation == "ck"

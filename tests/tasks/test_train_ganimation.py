@@ -251,6 +251,17 @@ TAUGHT = TrainGANimationConfig(model=TEACHER_MODEL, batch_size=3, critic_steps_p
                                warp_teacher_weight=10.0, warp_teacher_hold_fraction=0.5, warp_teacher_floor=0.2)
 
 
+def test_the_teacher_is_on_by_default_below_the_published_size_only():
+    from tasks.train_ganimation import default_warp_teacher_weight, is_published_size
+
+    published = GANimationConfig()
+    assert is_published_size(published) and default_warp_teacher_weight(published) == 0.0
+    for small in (dataclasses.replace(published, conv_dim=32), dataclasses.replace(published, repeat_num=3),
+                  dataclasses.replace(published, image_size_px=64)):
+        assert not is_published_size(small) and default_warp_teacher_weight(small) == 100.0
+    assert TrainGANimationConfig().warp_teacher_weight == 0.0   # the config itself keeps the paper's setting
+
+
 def test_teacher_schedule_holds_then_decays_linearly_to_the_floor():
     assert [teacher_weight(p, TAUGHT) for p in (0.0, 0.5, 0.75, 1.0)] == pytest.approx([10, 10, 6, 2])
     assert teacher_weight(0.3, CONFIG) == 0.0  # off by default (the published setting)
