@@ -325,14 +325,19 @@ _LID_MARGIN_IOD = 0.04         # a lowered lid's skin also covers this far above
                                # is sampled 1 px above that
 
 
+def _lid_line(lid: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The lid's height at each x (piecewise linear through its points, held flat beyond its corners)."""
+    order = np.argsort(lid[:, 0])
+    return np.interp(xs, lid[order, 0], lid[order, 1])
+
+
 def _lid_skin(window: np.ndarray, lid: np.ndarray, above_px: float, box: tuple[slice, slice]) -> np.ndarray:
     """The colour a lowered lid takes, column by column [1, w, 3]: the skin `above_px` over the source lid line in
     the warped window (the lid's own skin, which the warp has brought down with it), averaged over 3 columns. A
     lid in a shadowed socket stays as dark as the socket, a lit one as light as its skin, instead of one flat
-    colour from a wider band, which painted a pale strip (read as sclera) across dark sockets."""
+    colour from a wider band, which painted a pale strip across dark sockets."""
     xs = np.arange(box[1].start, box[1].stop, dtype=np.float64)
-    order = np.argsort(lid[:, 0])
-    rows = np.interp(xs, lid[order, 0], lid[order, 1]) - above_px - box[0].start
+    rows = _lid_line(lid, xs) - above_px - box[0].start
     rows = np.clip(np.round(rows).astype(int), 0, window.shape[0] - 1)
     colours = window[rows, np.arange(window.shape[1])].astype(np.float32)[None]
     return cv2.blur(colours, (3, 1), borderType=cv2.BORDER_REPLICATE).astype(np.float64)
@@ -343,11 +348,10 @@ def _above_lid(lid: np.ndarray, margin: float, box: tuple[slice, slice]) -> np.n
     tapering to nothing at the eye's corners."""
     ys = np.arange(box[0].start, box[0].stop, dtype=np.float64)[:, None]
     xs = np.arange(box[1].start, box[1].stop, dtype=np.float64)[None, :]
-    order = np.argsort(lid[:, 0])
-    lx, ly = lid[order, 0], lid[order, 1]
-    t = np.clip((xs - lx[0]) / max(lx[-1] - lx[0], 1e-6), 0.0, 1.0)
+    left, right = lid[:, 0].min(), lid[:, 0].max()
+    t = np.clip((xs - left) / max(right - left, 1e-6), 0.0, 1.0)
     local = margin * np.sin(np.pi * t) ** 0.5
-    above = np.interp(xs, lx, ly) - ys
+    above = _lid_line(lid, xs) - ys
     weight = np.where((above >= 0.0) & (local > 1e-6), 1.0 - above / np.maximum(local, 1e-6), 0.0)
     return np.clip(weight, 0.0, 1.0)
 
