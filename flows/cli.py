@@ -241,8 +241,9 @@ def cmd_train_ganimation(args: argparse.Namespace) -> int:
 
     model = GANimationConfig(image_size_px=args.image_size, conv_dim=args.conv_dim, repeat_num=args.repeat_num,
                              upsample=args.upsample)
-    teacher = default_warp_teacher_weight(model) if args.warp_teacher is None else args.warp_teacher
-    if args.warp_teacher is None:
+    teacher = args.warp_teacher
+    if teacher is None:
+        teacher = default_warp_teacher_weight(model)
         print(f"--warp-teacher not given: {teacher:g} for this model size "
               f"({'the published size: off' if teacher == 0 else 'smaller than the published size: on'})",
               file=sys.stderr)

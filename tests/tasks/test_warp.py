@@ -15,6 +15,7 @@ FACE = synthetic_landmarks68((64.0, 58.0), 31.0).astype(np.float32)
 CLOSED = FACE.copy()
 CLOSED[[67, 66, 65], 1] = CLOSED[[61, 62, 63], 1]        # lips together: inner upper == inner lower
 EDITOR = WarpEditor(default_au_shape_model())
+LASH_HALF_WIDTH = 0.5 * max(0.8, _LASH_WIDTH_IOD * face_frame(FACE).iod_px)   # the lash line _close_lids draws
 
 
 def one_hot(name: str, value: float = 1.0) -> np.ndarray:
@@ -174,7 +175,7 @@ def test_a_lowered_lid_slides_over_the_eye_instead_of_squeezing_it():
     image = _drawn_eyes()
     eye = list(range(36, 42))
     lowered = EDITOR.edit(image, FACE, np.zeros(17), one_hot("AU45", 0.4))
-    lash = _lid_band(lowered.landmarks, 0.5 * max(0.8, _LASH_WIDTH_IOD * face_frame(FACE).iod_px))
+    lash = _lid_band(lowered.landmarks, LASH_HALF_WIDTH)
     still_open = (polygon_mask(lowered.landmarks[eye], SIZE) > 0.99) & (polygon_mask(FACE[eye], SIZE) > 0.99) & ~lash
     assert still_open.sum() >= 8 and lowered.lid_painted_px > 0
     # the part the lid leaves open (below the lash line at its new edge) shows the eye where it was, pixel for pixel
@@ -197,7 +198,7 @@ def test_a_closed_eye_shows_lid_skin_and_a_lash_line():
     lum = closed.image.astype(float).mean(-1)
     skin_lum = np.mean((200, 160, 140))
     # no sclera or iris left: the old opening is skin-coloured except the lash line along the closed lid
-    lash = _lid_band(closed.landmarks, 0.5 * max(0.8, _LASH_WIDTH_IOD * face_frame(FACE).iod_px))
+    lash = _lid_band(closed.landmarks, LASH_HALF_WIDTH)
     bare = was_open & ~lash
     assert bare.sum() >= 10
     np.testing.assert_allclose(closed.image[bare].mean(axis=0), (200, 160, 140), atol=8)
