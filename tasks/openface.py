@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import codecs
+import collections
 import csv
 import io
 import math
@@ -248,7 +249,7 @@ def _load_table(path: str | Path) -> _Table:
     if len(header) < 2 or not any(n in _OPENFACE_ID_COLUMNS or _AU_COLUMN.match(n) for n in header):
         shown = ", ".join(header[:6]) + (", ..." if len(header) > 6 else "")
         raise _reject("au_file_malformed", f"{path}: not an OpenFace CSV (header line {header_line}: {shown!r})")
-    duplicates = sorted({n for n in header if header.count(n) > 1})
+    duplicates = sorted(n for n, count in collections.Counter(header).items() if count > 1)
     if duplicates:
         raise _reject("au_file_malformed", f"{path}: header repeats column(s) {', '.join(duplicates)}")
     if len(parsed) == 1:
