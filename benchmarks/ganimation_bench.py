@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from benchmarks.au_oracle import AUOracle
-from benchmarks.oracle import OracleTrainConfig, au_errors, small_oracle_config, train_oracle
+from benchmarks.oracle import (
+    OracleTrainConfig,
+    au_errors,
+    load_oracle,
+    save_oracle,
+    small_oracle_config,
+    train_oracle,
+)
 from manifests.reader import read_manifest
 from manifests.schema import AU_INDEX, AU_NAMES, EMOTIONS, N_AUS, stable_hash
 from models.ganimation import GANimationConfig, Generator, GeneratorOutput
@@ -287,7 +294,8 @@ def tolerant_pixel_distance(images: np.ndarray, reference: np.ndarray, blur_sigm
     return best
 
 
-def evaluate_edits(generator: Generator, oracle: AUOracle, eval_set: EvalSet, batch_size: int = 32) -> dict[str, float]:
+def evaluate_edits(generator: Generator, oracle: AUOracle, eval_set: EvalSet, batch_size: int = 32,
+                   device: str = "cpu") -> dict[str, float]:
     """Oracle AU error of edited held-out faces against their targets, next to doing nothing and a perfect edit.
 
     ratio = edited_error / identity_error (lower is better; ceiling_ratio is the best any editor scores).
@@ -299,8 +307,9 @@ def evaluate_edits(generator: Generator, oracle: AUOracle, eval_set: EvalSet, ba
     blurred with sigma 1 px, scores about 1.
     pixel_ratio_tolerant: the same with tolerant_pixel_distance (blur 1 px, shift 1 px), which forgives
     that and still scores texture well above 1.
+    device: where the generator runs (fp16 autocast on CUDA, see apply_edits); the oracle stays on the CPU.
     """
-    result = apply_edits(generator, eval_set.images, eval_set.targets, batch_size=batch_size, device="cpu")
+    result = apply_edits(generator, eval_set.images, eval_set.targets, batch_size=batch_size, device=device)
     edited_error = float(au_errors(oracle, result.images, eval_set.targets).mean())
     identity_error = float(au_errors(oracle, eval_set.images, eval_set.targets).mean())
     ceiling_error = float(au_errors(oracle, eval_set.perfect, eval_set.targets).mean())
@@ -413,7 +422,9 @@ def run_benchmark(
     and targets.
 
     Writes out_dir/bench_config.json first and out_dir/report.json at the end. Everything derives from
-    config.seed; the GANimation run folder is out_dir/ganimation (resumed if it already holds checkpoints).
+    config.seed; the GANimation run folder is out_dir/ganimation (resumed if it already holds checkpoints), the
+    oracle is kept in out_dir/oracle and reused by a re-run with the same oracle settings (see _oracle).
+    GANimation trains and is scored on `device` (edits_per_s: wall clock there; on the CPU also edits_per_cpu_s).
     """
     out_dir = _start(config, out_dir)
     with _threads(config.threads):
@@ -427,9 +438,7 @@ def run_benchmark(
 
         # 2. The independent judge: an AU oracle trained on its own renders.
         t = time.perf_counter()
-        oracle, oracle_report = train_oracle(config.oracle, config.oracle_n_train, seed=config.seed, device=device,
-                                             progress=progress)
-        oracle = oracle.cpu().eval()
+        oracle, oracle_report = _oracle(config, out_dir / "oracle", device, progress)
         timings["oracle_s"] = time.perf_counter() - t
 
         # 3. Editors that need no training, on the same held-out faces.
@@ -443,10 +452,14 @@ def run_benchmark(
 
         def evaluate(row: dict[str, float]) -> None:
             generator = load_ganimation(latest_checkpoint(run_dir)).generator
-            cpu = time.process_time()
-            apply_edits(generator, eval_set.images, eval_set.targets, batch_size=32, device="cpu")
-            speed = {"edits_per_cpu_s": len(eval_set.images) / max(time.process_time() - cpu, 1e-9)}
-            history.append(row | evaluate_edits(generator, oracle, eval_set) | speed)
+            apply_edits(generator, eval_set.images[:2], eval_set.targets[:2], device=device)  # warm-up (CUDA)
+            cpu, wall = time.process_time(), time.perf_counter()
+            apply_edits(generator, eval_set.images, eval_set.targets, batch_size=32, device=device)
+            n = len(eval_set.images)
+            speed = {"edits_per_s": n / max(time.perf_counter() - wall, 1e-9), "eval_device": str(device)}
+            if str(device) == "cpu":
+                speed["edits_per_cpu_s"] = n / max(time.process_time() - cpu, 1e-9)
+            history.append(row | evaluate_edits(generator, oracle, eval_set, device=device) | speed)
             if on_eval is not None:
                 on_eval(history[-1])
 
@@ -486,6 +499,28 @@ def train_synthetic(config: GANimationBenchConfig, out_dir: str | os.PathLike, d
         data = build_benchmark_data(out_dir / "data", config)
         _train(config, data, out_dir / "ganimation", device, progress, None)
     return latest_checkpoint(out_dir / "ganimation")
+
+
+def _oracle(config: GANimationBenchConfig, directory: Path, device: str, progress: bool) -> tuple[AUOracle, dict]:
+    """The benchmark's judge, on the CPU: the oracle saved in `directory` when it was trained with this run's
+    oracle settings, render, number of renders and seed (its card says so); else a new one, trained on `device`
+    and saved there. A saved oracle with other settings is an error, not silently replaced: the numbers of two
+    runs are comparable only under the same judge."""
+    wanted = {"train_config": dataclasses.asdict(config.oracle), "n_train": config.oracle_n_train, "seed": config.seed}
+    if directory.exists():
+        card = json.loads((directory / "config.json").read_text())
+        report = card["extra"]["report"]
+        found = {k: report.get(k) for k in wanted}
+        if json.loads(json.dumps(found)) != json.loads(json.dumps(wanted)):
+            raise ValueError(f"{directory} holds an oracle trained with other settings ({found}); this run needs "
+                             f"{wanted}: use another run folder or remove it")
+        return load_oracle(directory), report | {"reused_from": str(directory)}
+    oracle, report = train_oracle(config.oracle, config.oracle_n_train, seed=config.seed, device=device,
+                                  progress=progress)
+    oracle = oracle.cpu().eval()
+    report = report | {"train_config": wanted["train_config"]}
+    save_oracle(oracle, directory, report=report, render=config.render)
+    return oracle, report
 
 
 def _start(config: GANimationBenchConfig, out_dir: str | os.PathLike) -> Path:

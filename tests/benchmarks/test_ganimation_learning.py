@@ -146,6 +146,28 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path):
     assert "ceiling" in text and "mean predictor" in text and len(text.splitlines()) >= 7
 
 
+def test_a_rerun_reuses_the_saved_oracle_and_refuses_one_trained_otherwise(tmp_path, monkeypatch):
+    """The judge is trained once per run folder (out/oracle) and reused by a re-run with the same settings, so a
+    benchmark can be resumed or its oracle trained ahead (e.g. on a CPU before a short GPU lease); an oracle
+    with other settings would make the numbers incomparable, so it is refused, not replaced."""
+    import benchmarks.ganimation_bench as bench
+
+    first = run_benchmark(TINY, tmp_path)
+    assert (tmp_path / "oracle" / "config.json").is_file() and "reused_from" not in first["oracle"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the saved oracle should have been reused")
+
+    monkeypatch.setattr(bench, "train_oracle", no_training)
+    again = run_benchmark(TINY, tmp_path)
+    assert again["oracle"]["reused_from"] == str(tmp_path / "oracle")
+    assert again["oracle"]["heldout_mae"] == first["oracle"]["heldout_mae"]
+    assert again["final"]["ratio"] == pytest.approx(first["final"]["ratio"])  # the same judge, the same checkpoint
+    other = dataclasses.replace(TINY, oracle=dataclasses.replace(TINY.oracle, epochs=3))
+    with pytest.raises(ValueError, match="oracle trained with other settings"):
+        run_benchmark(other, tmp_path)
+
+
 def test_editors_table_scores_warp_scratch_taught_and_warp_then_ganimation_on_the_same_faces(tmp_path, monkeypatch):
     from benchmarks import bench_editors
 
