@@ -146,7 +146,8 @@ class BenchData:
 
 
 def build_benchmark_data(root: str | os.PathLike, config: GANimationBenchConfig) -> BenchData:
-    """Render the synthetic set, then ingest -> prepare (align "none", AUs from OpenFace CSVs) into root/prepared.
+    """Render the synthetic set, then ingest -> prepare (align "none", AUs and the renderer's exact 68 landmarks
+    from OpenFace CSVs, never the detector: so the benchmark runs where dlib is not installed) into root/prepared.
 
     Reuses root when a previous call finished it (the prepared units are committed and skipped).
     """
@@ -168,7 +169,7 @@ def build_benchmark_data(root: str | os.PathLike, config: GANimationBenchConfig)
     config_hash = stable_hash(["ganimation-bench", config.name, config.seed, dataclasses.asdict(align)], 16)
     for unit in plan_units(records, config.unit_size, config_hash):
         result = prepare_unit(unit, prepared, run_name=f"bench-{config.name}", run_id=f"bench-{config.seed}",
-                              align=align, aus=aus)
+                              align=align, aus=aus, landmarks="openface")
         if result["rejected"]:
             raise RuntimeError(f"synthetic data was rejected at prepare: {result['rejected']}")
     written = read_manifest(prepared, columns=["source_id"]).column("source_id").to_pylist()

@@ -33,3 +33,22 @@ def test_published_code_path_runs_a_few_steps_on_cpu_at_a_tiny_size(tmp_path):
     # 5 critic steps per generator step: one epoch of >= 5 batches gives at least one generator step.
     assert final["generator_steps"] >= 1 and final["epoch"] == 1
     assert 0.0 <= final["outside_diff"] <= 1.0 and final["identity_error"] > 0
+
+
+def test_fit_minutes_measures_an_epoch_and_chooses_the_epochs_that_fit(tmp_path):
+    """--fit-minutes: two timed probe trainings of the real model on the real faces give seconds per batch and
+    per epoch; the epoch count is the budget over that (at least one), scored about eight times, recorded."""
+    import json
+
+    from benchmarks.bench_ganimation_learning import fit_epochs
+
+    config = published_config(image_size_px=32, conv_dim=8, repeat_num=1, critic_conv_dim=8, critic_layers=2,
+                              batch_size=4, critic_steps=2, epochs=1, n_identities=20, per_identity=2)
+    fitted = fit_epochs(config, tmp_path, minutes=0.5, device="cpu")
+    cost = json.loads((tmp_path / "fit_epochs.json").read_text())
+    assert cost["seconds_per_batch"] > 0 and cost["batches_per_epoch"] == 8  # 16 training identities x 2 faces / batch 4
+    assert cost["seconds_per_epoch"] >= cost["batches_per_epoch"] * cost["seconds_per_batch"]
+    assert fitted.epochs == max(1, int(30 // cost["seconds_per_epoch"])) == cost["epochs"]
+    assert fitted.eval_every_epochs == max(1, -(-fitted.epochs // 8))
+    assert (tmp_path / "data" / "prepared").is_dir()  # built once, reused by run_benchmark
+    assert not any(p.name.startswith("ganimation") for p in tmp_path.iterdir())  # the probes left nothing behind
