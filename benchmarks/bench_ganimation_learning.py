@@ -41,6 +41,8 @@ from benchmarks.ganimation_bench import (  # noqa: E402
     format_report,
     load_split,
     run_benchmark,
+    warp_editor_fn,
+    warp_ganimation_editor_fn,
     write_emotion_sheet,
 )
 from benchmarks.oracle import small_oracle_config  # noqa: E402
@@ -138,6 +140,9 @@ def main() -> None:
                         help="override the config's number of synthetic identities (20%% of them held out)")
     parser.add_argument("--fit-minutes", type=float, default=None, metavar="M",
                         help="choose the epoch count so that training takes about M minutes here (overrides --epochs)")
+    parser.add_argument("--editors", action="store_true",
+                        help="also score the landmark warp and warp+GANimation (the trained checkpoint) on the same "
+                             "held-out faces")
     parser.add_argument("--sheet", default=None, help="also write an emotion-edit contact sheet PNG here")
     args = parser.parse_args()
     config = PUBLISHED if args.config == "PUBLISHED" else CONFIGS[args.config]
@@ -158,8 +163,16 @@ def main() -> None:
         if args.fit_minutes is not None:
             config = fit_epochs(config, out, args.fit_minutes, device)
         print(f"config {config.name} on {device}: {config}\nrun folder {out}", flush=True)
-        report = run_benchmark(config, out, device=device, progress=False, on_eval=show)
+        editors, trained = {}, {}
+        if args.editors:
+            editors = {"warp (landmark editor)": warp_editor_fn()}
+            trained = {"warp+GANimation": lambda checkpoint: warp_ganimation_editor_fn(checkpoint, device=device)}
+        report = run_benchmark(config, out, device=device, progress=False, on_eval=show, editors=editors,
+                               trained_editors=trained)
         print("\n" + format_report(report))
+        for name, row in report["editors"].items():
+            print(f"{name}: oracle ratio {row['ratio']:.3f}, pixel ratio {row['pixel_ratio']:.2f} (tolerant "
+                  f"{row['pixel_ratio_tolerant']:.2f}), outside {row['outside_diff']:.4f}")
         if args.sheet:
             print(f"emotion contact sheet: {write_emotion_sheet(out, config, args.sheet)}")
 
