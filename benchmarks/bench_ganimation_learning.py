@@ -138,6 +138,8 @@ def main() -> None:
                         help="override the config's warp-teacher weight (PUBLISHED: 0, off)")
     parser.add_argument("--identities", type=int, default=None, metavar="N",
                         help="override the config's number of synthetic identities (20%% of them held out)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: the config's, 1; more speeds the CPU-side scoring up)")
     parser.add_argument("--fit-minutes", type=float, default=None, metavar="M",
                         help="choose the epoch count so that training takes about M minutes here (overrides --epochs)")
     parser.add_argument("--editors", action="store_true",
@@ -148,6 +150,8 @@ def main() -> None:
     config = PUBLISHED if args.config == "PUBLISHED" else CONFIGS[args.config]
     if args.epochs is not None:
         config = dataclasses.replace(config, epochs=args.epochs, eval_every_epochs=min(config.eval_every_epochs, args.epochs))
+    if args.threads is not None:
+        config = dataclasses.replace(config, threads=args.threads)
     if args.identities is not None:
         config = dataclasses.replace(config, n_identities=args.identities)
     if args.warp_teacher is not None:
