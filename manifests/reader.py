@@ -18,6 +18,12 @@ from manifests.shards import list_members
 from manifests.writer import MANIFEST_DIR, REJECTS_DIR, REJECTS_FILE, SHARDS_DIR, ManifestError, part_problem
 
 
+# Parquet readers before pyarrow 26 cannot read a null fixed-size list (apache/arrow#35692), and the AU and landmark
+# columns are such lists, null where a row has none: pyproject asks for >= 26; read_manifest names the cause when an
+# older pyarrow is imported anyway (e.g. one preinstalled on a GPU image).
+PYARROW_READS_NULL_FIXED_LISTS = 26
+
+
 def manifest_parts(out_root: str | os.PathLike) -> list[Path]:
     return sorted((Path(out_root) / MANIFEST_DIR).glob("part-*.parquet"))
 
@@ -40,6 +46,11 @@ def read_manifest(out_root: str | os.PathLike, filter: ds.Expression | None = No
     try:
         table = dataset.to_table(filter=filter, columns=columns)
     except (pa.ArrowException, OSError) as exc:  # a footer that reads but data pages that do not
+        if (int(pa.__version__.split(".")[0]) < PYARROW_READS_NULL_FIXED_LISTS
+                and "Expected all lists to be of size" in str(exc)):
+            raise ManifestError(f"pyarrow {pa.__version__} cannot read the manifest's null AU / landmark lists "
+                                f"(apache/arrow#35692, fixed in pyarrow {PYARROW_READS_NULL_FIXED_LISTS}): "
+                                f"pip install 'pyarrow>={PYARROW_READS_NULL_FIXED_LISTS}'") from exc
         raise ManifestError(f"the manifest of {out_root} cannot be read ({exc}); "
                             f"run `singanimation verify {out_root}` to find the damaged part") from exc
     return (table.sort_by([("shard", "ascending"), ("offset", "ascending")]) if {"shard", "offset"} <= set(table.column_names)

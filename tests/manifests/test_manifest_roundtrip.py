@@ -205,3 +205,28 @@ def test_retire_units_removes_parts_rejects_and_shards_not_in_the_plan(tmp_path)
     assert sorted(p.name for p in (tmp_path / "shards" / "train").iterdir()) == ["t-train-b1-1111111111.tar"]
     assert not (tmp_path / "rejects" / "part-train-b0-0000000000.parquet").exists()
     assert read_manifest(tmp_path).num_rows == 2 and verify(tmp_path).ok
+
+
+def test_an_older_pyarrow_that_cannot_read_null_au_lists_is_named_as_the_cause(tmp_path, monkeypatch):
+    """pyarrow 25 raised 'Expected all lists to be of size=17' on the null au_target of every original (apache/arrow
+    #35692; seen on a GPU image): the error says which pyarrow to install instead of suggesting a damaged part."""
+    import pyarrow as pa
+
+    import manifests.reader as reader
+
+    _commit(tmp_path, "train-00000", range(0, 3))  # originals: au_target is null
+
+    class OldReader:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def to_table(self, **kwargs):
+            raise pa.ArrowInvalid("Expected all lists to be of size=17 but index 1 had size=0")
+
+    monkeypatch.setattr(reader.ds, "dataset", OldReader)
+    monkeypatch.setattr(reader.pa, "__version__", "25.0.1")
+    with pytest.raises(reader.ManifestError, match=r"pyarrow 25.0.1 cannot read .*pip install 'pyarrow>=26'"):
+        read_manifest(tmp_path)
+    monkeypatch.setattr(reader.pa, "__version__", "26.0.1")  # a current pyarrow failing so is a damaged part
+    with pytest.raises(reader.ManifestError, match="singanimation verify"):
+        read_manifest(tmp_path)
