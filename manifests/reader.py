@@ -17,7 +17,6 @@ from manifests.schema import MANIFEST_SCHEMA, REJECTS_SCHEMA, sha256_bytes
 from manifests.shards import list_members
 from manifests.writer import MANIFEST_DIR, REJECTS_DIR, REJECTS_FILE, SHARDS_DIR, ManifestError, part_problem
 
-
 # Parquet readers before pyarrow 26 cannot read a null fixed-size list (apache/arrow#35692), and the AU and landmark
 # columns are such lists, null where a row has none: pyproject asks for >= 26; read_manifest names the cause when an
 # older pyarrow is imported anyway (e.g. one preinstalled on a GPU image).
