@@ -427,7 +427,7 @@ def run_benchmark(
 
     Writes out_dir/bench_config.json first and out_dir/report.json at the end. Everything derives from
     config.seed; the GANimation run folder is out_dir/ganimation (resumed if it already holds checkpoints), the
-    oracle is kept in out_dir/oracle and reused by a re-run with the same oracle settings (see _oracle).
+    oracle is kept in out_dir/oracle and reused by a re-run with the same oracle settings (see benchmark_oracle).
     GANimation trains and is scored on `device` (edits_per_s: wall clock there; on the CPU also edits_per_cpu_s).
     """
     out_dir = _start(config, out_dir)
@@ -442,7 +442,7 @@ def run_benchmark(
 
         # 2. The independent judge: an AU oracle trained on its own renders.
         t = time.perf_counter()
-        oracle, oracle_report = _oracle(config, out_dir / "oracle", device, progress)
+        oracle, oracle_report = benchmark_oracle(config, out_dir / "oracle", device, progress)
         timings["oracle_s"] = time.perf_counter() - t
 
         # 3. Editors that need no training, on the same held-out faces.
@@ -505,9 +505,10 @@ def train_synthetic(config: GANimationBenchConfig, out_dir: str | os.PathLike, d
     return latest_checkpoint(out_dir / "ganimation")
 
 
-def _oracle(config: GANimationBenchConfig, directory: Path, device: str, progress: bool) -> tuple[AUOracle, dict]:
+def benchmark_oracle(config: GANimationBenchConfig, directory: Path, device: str,
+                     progress: bool) -> tuple[AUOracle, dict]:
     """The benchmark's judge, on the CPU: the oracle saved in `directory` when it was trained with this run's
-    oracle settings, render, number of renders and seed (its card says so); else a new one, trained on `device`
+    oracle settings, render, number of renders and seed (its card says so; run_benchmark keeps it in out_dir/oracle); else a new one, trained on `device`
     and saved there. A saved oracle with other settings is an error, not silently replaced: the numbers of two
     runs are comparable only under the same judge."""
     wanted = {"train_config": dataclasses.asdict(config.oracle), "n_train": config.oracle_n_train, "seed": config.seed}
