@@ -507,10 +507,11 @@ def train_synthetic(config: GANimationBenchConfig, out_dir: str | os.PathLike, d
 
 def benchmark_oracle(config: GANimationBenchConfig, directory: Path, device: str,
                      progress: bool) -> tuple[AUOracle, dict]:
-    """The benchmark's judge, on the CPU: the oracle saved in `directory` when it was trained with this run's
-    oracle settings, render, number of renders and seed (its card says so; run_benchmark keeps it in out_dir/oracle); else a new one, trained on `device`
-    and saved there. A saved oracle with other settings is an error, not silently replaced: the numbers of two
-    runs are comparable only under the same judge."""
+    """The benchmark's judge, on the CPU: the oracle saved in `directory` (run_benchmark: out_dir/oracle) when it
+    was trained with this run's oracle settings, render, number of renders and seed (its card says so); else a
+    new one, trained on `device` and saved there. A saved oracle with other settings is an error, not silently
+    replaced: the numbers of two runs are comparable only under the same judge. Train one ahead with
+    benchmark_oracle(config, Path(RUN) / "oracle", "cpu", True), e.g. before a short GPU lease."""
     wanted = {"train_config": dataclasses.asdict(config.oracle), "n_train": config.oracle_n_train, "seed": config.seed}
     if directory.exists():
         card = json.loads((directory / "config.json").read_text())
