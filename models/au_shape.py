@@ -248,7 +248,12 @@ def keep_order(points_face: np.ndarray, before: np.ndarray) -> np.ndarray:
         if before[upper, 1] <= before[lower, 1] and out[upper, 1] > out[lower, 1]:
             mid = 0.5 * (out[upper, 1] + out[lower, 1])
             if upper in corner_line:
-                mid = min(mid, corner_line[upper])
+                top, bottom = before[upper, 1], before[lower, 1]
+                if top <= corner_line[upper] <= bottom:
+                    mid = min(mid, corner_line[upper])
+                # A narrowed eye (a squint: the corner line is not between its lids): the lids meet between
+                # where they were, so the upper lid never rises and the lower never drops to close it.
+                mid = min(max(mid, top), bottom)
             out[upper, 1] = out[lower, 1] = mid
     return out
 

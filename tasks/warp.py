@@ -20,7 +20,7 @@ STAGE = "warp"
 # below each moving brow point), so a raised brow no longer comes out thicker. 5: the lowered lid takes the colour of
 # the skin just above it, column by column, and also covers the lashes just above the old lid line (4 painted one
 # flat colour, which left a pale strip inside dark sockets).
-WARP_REVISION = 5
+WARP_REVISION = 6
 
 # Anchors every this many px along the crop border hold the frame in place (zero displacement).
 _BORDER_ANCHOR_STEP_FRACTION = 1.0 / 8.0

@@ -112,6 +112,24 @@ def test_keep_order_leaves_pairs_that_were_already_crossed():
         assert out[upper, 1] <= out[lower, 1] + 1e-12 or before[upper, 1] > before[lower, 1]
 
 
+@pytest.mark.parametrize("narrowing", ["corners above the upper lid", "lower lid above the corners"])
+def test_a_narrowed_eye_closes_between_its_lids_never_raising_the_upper_or_dropping_the_lower(narrowing):
+    """Squinted CK+48 peaks: the line through the eye's corners is not between the lids. Clamping the closed lids
+    to that line lifted the upper lid (commanded -0.42 px 'down' on one face) or pulled the lower lid down; a blink
+    must close the eye between where its lids were."""
+    before = face_frame(FACE).to_face(FACE)
+    gap = before[41, 1] - before[37, 1]
+    if narrowing == "corners above the upper lid":
+        before[[36, 39], 1] = before[37, 1] - 0.5 * gap
+    else:
+        before[[36, 39], 1] = before[41, 1] + 0.5 * gap
+    pushed = before.copy()
+    pushed[37, 1] += 2.0 * gap          # AU45 drives the upper lid well past the lower one
+    out = keep_order(pushed, before)
+    assert out[37, 1] == out[41, 1]     # closed
+    assert before[37, 1] <= out[37, 1] <= before[41, 1]
+
+
 def test_json_round_trip_and_version():
     text = MODEL.dumps()
     again = AUShapeModel.from_json(json.loads(text))
