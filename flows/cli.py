@@ -184,6 +184,10 @@ def _expand_settings(args: argparse.Namespace):
         if args.plan not in ("emotion", "balance", "interpolate"):
             raise UsageError("--intensity applies to the emotion, balance and interpolate plans")
         plan.setdefault(args.plan, {})["intensity_range"] = tuple(args.intensity)
+    if args.interpolate_to is not None:
+        if args.plan != "interpolate":
+            raise UsageError("--interpolate-to applies to --plan interpolate")
+        plan.setdefault("interpolate", {})["target"] = args.interpolate_to
     if args.group_regex is not None:
         if args.plan != "balance":
             raise UsageError("--group-regex applies to --plan balance")
@@ -405,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--au-shape", help="AU shape model JSON for the warp (from fit-au-shape); default: FACS-authored")
     p.add_argument("--plan", default="emotion", choices=["none", "single_au", "interpolate", "emotion", "balance"],
                    help="AU targets per source; 'none' = no edits, SinGAN regenerations of the originals only")
+    p.add_argument("--interpolate-to", choices=["emotion", "source", "own"],
+                   help="interpolate plan: toward another emotion's prototype (default), another train image's AUs, or "
+                        "the source's own emotion at another intensity (own: label-preserving, weaker or stronger)")
     p.add_argument("--source-aus", default="neutral", choices=["neutral", "label"],
                    help="AUs the warp assumes for a source without measured AUs: neutral (all zero) or label (the "
                         "EMFACS prototype of its emotion label; for peak-expression data without AU files, e.g. CK+)")

@@ -32,6 +32,7 @@ from tasks.expand import (
     ExpandJob,
     ExpandUnit,
     QualityGate,
+    assumed_source_aus,
     ensure_singan_prior,
     expand_unit,
     load_original_rows,
@@ -204,6 +205,10 @@ def plan_edits(settings: ExpandSettings, rows: list[dict]) -> Plan:
     if settings.plan.kind == "none":
         return Plan()
     sources = [{k: r[k] for k in ("source_id", "split", "label", "au_source")} for r in rows]
+    if settings.source_aus == "label":  # planners that start from the source's AUs start where the warp does
+        for source in sources:
+            if source["au_source"] is None and source["label"] in EMOTIONS:
+                source["au_source"] = assumed_source_aus(source, "label", settings.plan_intensity_range())
     kind = settings.plan.kind
     plan = _PLANNERS[kind](sources, getattr(settings.plan, kind), run_seed=settings.seed)
     if settings.plan.per_source is None:

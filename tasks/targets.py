@@ -337,13 +337,15 @@ def plan_emotion(sources: Any, config: EmotionConfig = EmotionConfig(), run_seed
 
 @dataclass(frozen=True)
 class InterpolateConfig:
-    """alpha steps from the source's AUs to a target: an emotion prototype or another train image's AUs.
+    """alpha steps from the source's AUs to a target: an emotion prototype, another train image's AUs, or the
+    prototype of the source's own emotion at another intensity ("own": a label-preserving edit that makes the
+    expression weaker or stronger; the label is always inherited).
 
     label: inherited while alpha < label_threshold, the target's label from there on.
     """
 
     alphas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    target: Literal["emotion", "source"] = "emotion"
+    target: Literal["emotion", "source", "own"] = "emotion"
     n_targets: int = 1                                  # targets per source
     emotions: tuple[int, ...] = (1, 2, 3, 4, 5, 6)      # candidates when target="emotion"
     label_threshold: float = 0.5
@@ -358,8 +360,8 @@ class InterpolateConfig:
             raise ValueError(f"InterpolateConfig.alphas: {bad} outside (0, 1]")
         if list(self.alphas) != sorted(set(self.alphas)):
             raise ValueError(f"InterpolateConfig.alphas={self.alphas}: must be strictly increasing")
-        if self.target not in ("emotion", "source"):
-            raise ValueError(f"InterpolateConfig.target={self.target!r}: must be 'emotion' or 'source'")
+        if self.target not in ("emotion", "source", "own"):
+            raise ValueError(f"InterpolateConfig.target={self.target!r}: must be 'emotion', 'source' or 'own'")
         if isinstance(self.n_targets, bool) or not isinstance(self.n_targets, int) or self.n_targets < 1:
             raise ValueError(f"InterpolateConfig.n_targets={self.n_targets!r}: must be an int >= 1")
         _check_emotions("InterpolateConfig.emotions", self.emotions)
@@ -386,6 +388,9 @@ def _interpolation_targets(source: Source, pools: Mapping[int | None, list[Sourc
                            run_seed: int) -> list[tuple[np.ndarray, int, str]]:
     """[(target AUs [17], target label, description)] for one source."""
     rng = _rng(run_seed, "interpolate-targets", source.source_id)
+    if config.target == "own":
+        return [(prototype_vector(source.label, rng, config.intensity_range, config.jitter), int(source.label),
+                 f"own:{EMOTIONS[source.label]}") for _ in range(config.n_targets)]
     if config.target == "emotion":
         emotions = [e for e in config.emotions if e != source.label]
         targets = []
@@ -409,6 +414,10 @@ def plan_interpolate(sources: Any, config: InterpolateConfig = InterpolateConfig
         if source.au_source is None:
             _reject(rejects, source, "missing_au_source", "interpolation starts from the source's AUs")
             continue
+        if config.target == "own" and not EMOTION_PROTOTYPES.get(source.label):
+            _reject(rejects, source, "bad_label", f"label {source.label} shows no AUs: nothing to make weaker or "
+                                                  "stronger")
+            continue
         targets = _interpolation_targets(source, pools, config, run_seed)
         if not targets:
             _reject(rejects, source, "no_target_source", "no other train source with AUs and another label")
@@ -417,7 +426,7 @@ def plan_interpolate(sources: Any, config: InterpolateConfig = InterpolateConfig
         for t, (goal, goal_label, description) in enumerate(targets):
             for a, alpha in enumerate(config.alphas):
                 index = t * len(config.alphas) + a
-                past = alpha >= config.label_threshold
+                past = alpha >= config.label_threshold and goal_label != source.label
                 edits.append(Edit(
                     source.source_id, "interpolate", index, "interpolate",
                     # The clip only removes float rounding: a convex mix of values in 0..1 stays in 0..1.

@@ -49,7 +49,11 @@ def test_expand_study_flags_reach_the_settings():
     settings = _expand_settings(args)
     assert settings.source_aus == "label" and settings.plan.balance.group_regex == "(S[0-9]+)_"
     assert settings.plan.balance.intensity_range == (0.6, 0.9) and settings.job("r").source_aus_range == (0.6, 0.9)
+    own = _expand_settings(build_parser().parse_args(["expand", "p", "--out", "o", "--plan", "interpolate",
+                                                      "--interpolate-to", "own", "--intensity", "0.3", "0.9"]))
+    assert own.plan.interpolate.target == "own" and own.plan.interpolate.intensity_range == (0.3, 0.9)
     for flags, message in ((["--plan", "emotion", "--group-regex", "x"], "--plan balance"),
+                           (["--plan", "emotion", "--interpolate-to", "own"], "--plan interpolate"),
                            (["--plan", "single_au", "--intensity", "0.1", "0.2"], "--intensity applies")):
         with pytest.raises(UsageError, match=message):
             _expand_settings(build_parser().parse_args(["expand", "p", "--out", "o", *flags]))

@@ -1,6 +1,7 @@
 """The expand flow end to end with tiny models: counts per stage and label, provenance, determinism, resume."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -253,6 +254,31 @@ def test_settings_added_later_leave_the_config_hash_of_older_runs_alone():
     plain = ExpandSettings(prepared="p", out="o", singan_residual=False)  # hashes as before the option existed
     assert plain.config_hash() == stable_hash({k: v for k, v in dump.items() if k != "singan_residual"}, 16)
     assert label.job("r").source_aus == "label" and label.job("r").source_aus_range == (0.3, 0.6)
+
+
+def test_with_source_aus_label_planners_start_from_the_assumed_aus_of_faces_without_measured_ones():
+    """CK+ has no AU files: the interpolate plan needs a start, and with --source-aus label it is the one the warp
+    assumes (the label's prototype centre); measured AUs still win; with neutral such faces are rejected."""
+    from flows.expand import plan_edits
+    from tasks.targets import prototype_centre
+
+    rows = [{"source_id": f"s{i}", "split": "train", "label": label, "au_source": None} for i, label in
+            enumerate((4, 5, 6))]
+    rows.append({"source_id": "measured", "split": "train", "label": 4, "au_source": [0.1] * N_AUS})
+    plan = PlanSettings(kind="interpolate", per_source=None, interpolate={"target": "own", "alphas": (1.0,)})
+    label = plan_edits(ExpandSettings(prepared="p", out="o", source_aus="label", plan=plan), rows)
+    assert not label.rejects and {e.source_id for e in label.edits} == {r["source_id"] for r in rows}
+    neutral = plan_edits(ExpandSettings(prepared="p", out="o", plan=plan), rows)
+    assert sorted(r["source_id"] for r in neutral.rejects) == ["s0", "s1", "s2"]
+    assert {r["reason"] for r in neutral.rejects} == {"missing_au_source"}
+    half = plan_edits(ExpandSettings(prepared="p", out="o", source_aus="label",
+                                     plan=PlanSettings(kind="interpolate", per_source=None,
+                                                       interpolate={"target": "own", "alphas": (0.5,)})), rows)
+    full = {e.source_id: np.asarray(e.au_target) for e in label.edits}
+    for edit in half.edits:   # alpha 0.5: halfway from the assumed (or measured) start to the goal
+        start = (np.full(N_AUS, 0.1) if edit.source_id == "measured"
+                 else prototype_centre(dict((r["source_id"], r["label"]) for r in rows)[edit.source_id], (0.3, 0.6)))
+        np.testing.assert_allclose(edit.au_target, 0.5 * start + 0.5 * full[edit.source_id], atol=1e-6)
 
 
 PRIOR = dict(singan_overrides={"skip_coarse_scales": 1}, singan_prior_faces=3, singan_prior_iters=2,

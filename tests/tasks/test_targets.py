@@ -175,6 +175,29 @@ def test_interpolate_to_other_images():
             assert edit.label == other["label"]
 
 
+def test_interpolate_to_the_own_emotion_keeps_the_label_and_changes_only_its_intensity():
+    """target="own": label-preserving edits toward the source's own prototype at another intensity (a weaker or a
+    stronger smile stays Happiness); a Neutral face has nothing to scale and is a bad_label reject."""
+    sources = _sources()
+    sources[0]["label"] = EMOTION_IDS["neutral"]
+    config = InterpolateConfig(target="own", alphas=(0.5, 1.0), n_targets=2, intensity_range=(0.2, 0.9))
+    plan = plan_interpolate(sources, config, run_seed=1)
+    by_source = {s["source_id"]: s for s in sources}
+    neutral = [s["source_id"] for s in sources if s["split"] == "train" and s["label"] == EMOTION_IDS["neutral"]]
+    assert len(neutral) == 3 and [(r["source_id"], r["reason"]) for r in plan.rejects] == [(n, "bad_label") for n in neutral]
+    assert len(plan.edits) == (14 - 3) * 2 * 2
+    for edit in plan.edits:
+        source = by_source[edit.source_id]
+        assert edit.label == source["label"] and edit.label_kind == "inherited"
+        assert edit.target == f"own:{EMOTIONS[source['label']]}"
+        if edit.alpha == 1.0:   # the goal: the own prototype's AUs only, within the intensity range
+            own = [AU_INDEX[a] for a in EMOTION_PROTOTYPES[source["label"]]]
+            assert np.all(np.asarray(edit.au_target)[np.setdiff1d(np.arange(N_AUS), own)] == 0)
+            assert np.all((np.asarray(edit.au_target)[own] >= 0.2) & (np.asarray(edit.au_target)[own] <= 0.9))
+    again = plan_interpolate(sources, config, run_seed=1)
+    assert [e.au_target for e in again.edits] == [e.au_target for e in plan.edits]   # seeded
+
+
 def test_balance_targets_math():
     assert balance_targets(RAFDB_TRAIN) == {label: 4772 for label in RAFDB_TRAIN}
     wanted = {2: 2.0, 4: 1.0}
