@@ -16,7 +16,9 @@ It is meant for a GPU: --device defaults to cuda when one is present.
 
 --fit-minutes M sets the epoch count so that training takes about M minutes on this machine: after the data is
 built, two short trainings of the same model on the same faces (a few and three times as many batches, after a
-warm-up one) give the seconds per batch and per epoch; the count is printed and recorded in the report.
+warm-up one) give the seconds per batch and per epoch; the count is printed and written to OUT/fit_epochs.json.
+The estimate is cautious: the probes save a checkpoint every epoch, a run only every eval_every_epochs (on an
+H200 the published config was estimated at 8.5 s an epoch and ran at 4.6).
 """
 from __future__ import annotations
 
