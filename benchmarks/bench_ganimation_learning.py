@@ -147,8 +147,12 @@ def main() -> None:
     parser.add_argument("--editors", action="store_true",
                         help="also score the landmark warp and warp+GANimation (the trained checkpoint) on the same "
                              "held-out faces")
+    parser.add_argument("--no-ganimation", action="store_true",
+                        help="with --editors: score the warp only, train no GANimation (minutes on a CPU)")
     parser.add_argument("--sheet", default=None, help="also write an emotion-edit contact sheet PNG here")
     args = parser.parse_args()
+    if args.no_ganimation and (not args.editors or args.sheet or args.fit_minutes is not None):
+        parser.error("--no-ganimation needs --editors, and takes no --sheet or --fit-minutes")
     config = PUBLISHED if args.config == "PUBLISHED" else CONFIGS[args.config]
     if args.epochs is not None:
         config = dataclasses.replace(config, epochs=args.epochs, eval_every_epochs=min(config.eval_every_epochs, args.epochs))
@@ -174,7 +178,7 @@ def main() -> None:
             editors = {"warp (landmark editor)": warp_editor_fn()}
             trained = {"warp+GANimation": lambda checkpoint: warp_ganimation_editor_fn(checkpoint, device=device)}
         report = run_benchmark(config, out, device=device, progress=False, on_eval=show, editors=editors,
-                               trained_editors=trained)
+                               trained_editors=trained, train_ganimation_too=not args.no_ganimation)
         print("\n" + format_report(report))
         for name, row in report["editors"].items():
             print(f"{name}: oracle ratio {row['ratio']:.3f}, pixel ratio {row['pixel_ratio']:.2f} (tolerant "

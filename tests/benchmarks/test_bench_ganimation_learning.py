@@ -52,3 +52,16 @@ def test_fit_minutes_measures_an_epoch_and_chooses_the_epochs_that_fit(tmp_path)
     assert fitted.eval_every_epochs == max(1, -(-fitted.epochs // 8))
     assert (tmp_path / "data" / "prepared").is_dir()  # built once, reused by run_benchmark
     assert not any(p.name.startswith("ganimation") for p in tmp_path.iterdir())  # the probes left nothing behind
+
+
+@pytest.mark.parametrize("flags", [["--no-ganimation"], ["--no-ganimation", "--editors", "--sheet", "s.png"],
+                                   ["--no-ganimation", "--editors", "--fit-minutes", "1"]])
+def test_no_ganimation_needs_editors_and_nothing_that_needs_a_checkpoint(flags, monkeypatch, capsys):
+    import sys
+
+    from benchmarks.bench_ganimation_learning import main
+
+    monkeypatch.setattr(sys, "argv", ["bench_ganimation_learning.py", "--config", "SMOKE", *flags])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and "--no-ganimation needs --editors" in capsys.readouterr().err
