@@ -19,8 +19,10 @@ STAGE = "warp"
 # instead of the eye's own pixels squeezed into the smaller opening. 4: brows move as a whole (mesh points above and
 # below each moving brow point), so a raised brow no longer comes out thicker. 5: the lowered lid takes the colour of
 # the skin just above it, column by column, and also covers the lashes just above the old lid line (4 painted one
-# flat colour, which left a pale strip inside dark sockets).
-WARP_REVISION = 6
+# flat colour, which left a pale strip inside dark sockets). 6: a narrowed eye's blink closes between its lids. 7: an
+# upper lid that goes up uncovers a still eyeball (sclera, iris, pupil painted) instead of stretching lid skin
+# into the opening, and the opening eye's own triangles are not held to the fold check (their inside is painted).
+WARP_REVISION = 7
 
 # Anchors every this many px along the crop border hold the frame in place (zero displacement).
 _BORDER_ANCHOR_STEP_FRACTION = 1.0 / 8.0
@@ -48,6 +50,9 @@ class WarpConfig:
                     kept in place (not squeezed), and the part it covers (plus a margin fading out above the old
                     lid line, where the old lashes were) is painted column by column with the skin just above
                     the lid, with the lash line at its new edge.
+    open_lids:      an upper lid that goes up uncovers a still eyeball: the eyeball the source showed stays in
+                    place and what the lid uncovers (with the old lash line) is painted as sclera, iris and pupil
+                    (colours from the source's own eye when it shows one, else defaults), not stretched lid skin.
     brow_band:      brows move as a whole (mesh points above and below each brow point move with it), so a
                     raised or lowered brow keeps its thickness.
     """
@@ -58,6 +63,7 @@ class WarpConfig:
     min_fraction: float = 0.5
     fill_mouth: bool = True
     close_lids: bool = True
+    open_lids: bool = True
     brow_band: bool = True
 
     def __post_init__(self) -> None:
@@ -76,9 +82,10 @@ class WarpResult:
     image: np.ndarray        # uint8 [S, S, 3]
     landmarks: np.ndarray    # float32 [68, 2]: where the points are in the edited image
     fraction: float          # share of the planned landmark motion achieved (1 = all of it)
-    min_jacobian: float      # smallest det(Jacobian) of the warp outside the filled mouth (> 0: no fold)
+    min_jacobian: float      # smallest det(Jacobian) of the warp outside the filled mouth and eyes (> 0: no fold)
     mouth_filled_px: float   # area painted as mouth interior (px)
     lid_painted_px: float = 0.0   # area of the eyes painted as lid skin where an upper lid came down (px)
+    eye_painted_px: float = 0.0   # area painted as eyeball where an upper lid went up (px)
 
 
 def border_anchors(size_px: int, outside_px: float = 0.0) -> np.ndarray:
@@ -157,7 +164,14 @@ class _Mesh:
     area_dst: np.ndarray     # [T] signed target area (px^2)
 
 
-def _mesh(src: np.ndarray, dst: np.ndarray, size_px: int, brow_band: bool = True) -> _Mesh:
+def _opening_eyes(src: np.ndarray, dst: np.ndarray) -> list[list[int]]:
+    """The eyes [6 point indices each] whose upper lid goes up far enough for _open_lids to paint them."""
+    return [list(eye) for lid, eye in _UPPER_LIDS
+            if float(np.mean(src[list(lid[1:3]), 1] - dst[list(lid[1:3]), 1])) >= _LID_DOWN_MIN_PX]
+
+
+def _mesh(src: np.ndarray, dst: np.ndarray, size_px: int, brow_band: bool = True,
+          painted_eyes: tuple[list[int], ...] = ()) -> _Mesh:
     beyond = max(0.0, float(-np.min(dst) - 0.5), float(np.max(dst) - (size_px - 0.5)))
     anchors = border_anchors(size_px, outside_px=2.0 + 2.0 * beyond if beyond > 0 else 0.0)
     src, dst = _open_seams(src, src), _open_seams(dst, src)
@@ -172,6 +186,10 @@ def _mesh(src: np.ndarray, dst: np.ndarray, size_px: int, brow_band: bool = True
     inner = np.zeros(len(vertices_dst), bool)
     inner[[k for k, i in enumerate(keep) if i in INNER_LIPS]] = True
     hidden = inner[simplices].all(axis=1)
+    for eye in painted_eyes:   # an opening eye's interior is painted (_open_lids), so its triangles may stretch
+        in_eye = np.zeros(len(vertices_dst), bool)
+        in_eye[[k for k, i in enumerate(keep) if i in eye]] = True
+        hidden |= in_eye[simplices].all(axis=1)
 
     def signed_area(v: np.ndarray) -> np.ndarray:
         a, b, c = v[simplices[:, 0]], v[simplices[:, 1]], v[simplices[:, 2]]
@@ -318,7 +336,7 @@ def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region:
 
 # Upper lids from the outer to the inner corner, with the eye outline each belongs to.
 _UPPER_LIDS = (((36, 37, 38, 39), RIGHT_EYE), ((45, 44, 43, 42), LEFT_EYE))
-_LID_DOWN_MIN_PX = 0.25        # an upper lid that comes down less than this (mean, px) is left to the warp
+_LID_DOWN_MIN_PX = 0.25        # an upper lid that comes down (or goes up) less than this (mean, px) is left to the warp
 _LASH_WIDTH_IOD = 0.05         # the lash line drawn at a lowered lid's edge (about 2 px at 128 px)
 _LASH_STRENGTH = 0.8
 _LID_MARGIN_IOD = 0.04         # a lowered lid's skin also covers this far above the old lid line (fading out), and
@@ -398,6 +416,102 @@ def _close_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.nda
     return result, painted
 
 
+_IRIS_RADIUS_WIDTH = 0.21     # iris radius / eye width (corner to corner): an adult iris is ~12 mm across, the eye ~28 mm
+_PUPIL_RADIUS_IRIS = 0.35     # pupil radius / iris radius in ordinary light
+_EYE_SEEN_MIN_PX = 6.0        # a source eye showing less eyeball than this (px) gives no colours; defaults are used
+_SCLERA = np.array([232.0, 228.0, 222.0])   # a lit sclera, slightly warm (defaults: only when the source eye is closed)
+_SCLERA_FROM_WHITE = 0.6      # a default sclera is this much _SCLERA and the rest the lid skin (shadowed in a dark socket)
+_SCLERA_CORNER_SHADE = 0.3    # the sclera darkens by this fraction toward the corners
+_IRIS_ON_LID = 0.85           # the iris centre sits this many radii above the lower lid (the lid hides its bottom rim)
+_IRIS_DARKNESS = 0.3          # a default iris is this fraction of the lid skin's colour (dark brown on most skins)
+
+
+def _disc(centre: np.ndarray, radius: float, box: tuple[slice, slice], soft_px: float = 0.5) -> np.ndarray:
+    """Coverage [h, w] of a disc in the box, with a soft_px anti-aliased rim."""
+    ys = np.arange(box[0].start, box[0].stop, dtype=np.float64)[:, None]
+    xs = np.arange(box[1].start, box[1].stop, dtype=np.float64)[None, :]
+    distance = np.hypot(xs - centre[0], ys - centre[1])
+    return np.clip((radius - distance) / (2.0 * soft_px) + 0.5, 0.0, 1.0)
+
+
+def _eyeball(image: np.ndarray, src: np.ndarray, dst: np.ndarray, eye: list[int], seen: np.ndarray,
+             box: tuple[slice, slice], skin: np.ndarray) -> np.ndarray:
+    """Colours [h, w, 3] of the still eyeball behind an eye's lids: sclera, shaded toward the corners, with an iris
+    and pupil whose bottom rests on the lower lid (where it sits when the eye looks ahead). The colours come from
+    the eyeball the source already shows (`seen`: its open part, lashes excluded), else from defaults; so does
+    the iris's place along the eye (where the source eye is darkest)."""
+    outer, inner = src[eye[0]], src[eye[3]]
+    width = float(np.hypot(*(inner - outer)))
+    radius = _IRIS_RADIUS_WIDTH * width
+    pixels = image[box][seen > 0.5].astype(np.float64)
+    shows_eye = len(pixels) >= _EYE_SEEN_MIN_PX
+    if shows_eye:
+        brightness = pixels.mean(axis=1)
+        sclera = pixels[brightness >= np.percentile(brightness, 80)].mean(axis=0)
+        iris = pixels[brightness <= np.percentile(brightness, 20)].mean(axis=0)
+        xs = np.nonzero(seen > 0.5)[1] + box[1].start
+        darkness = np.clip(sclera.mean() - brightness, 0.0, None)
+        centre_x = float((xs * darkness).sum() / darkness.sum()) if darkness.sum() > 0 else 0.5 * (outer[0] + inner[0])
+    else:
+        sclera = _SCLERA_FROM_WHITE * _SCLERA + (1.0 - _SCLERA_FROM_WHITE) * skin
+        iris = _IRIS_DARKNESS * skin
+        centre_x = 0.5 * float(outer[0] + inner[0])
+    # The eyeball does not move with the lids: its iris rests on the source's lower lid; a closed source eye
+    # shows no lower lid of its own, so the target's is used.
+    lids = src if shows_eye else dst
+    lower = [eye[0], eye[5], eye[4], eye[3]]
+    centre = np.array([centre_x, float(_lid_line(lids[lower], np.array([centre_x]))[0]) - _IRIS_ON_LID * radius])
+    h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
+    xs = np.arange(box[1].start, box[1].stop, dtype=np.float64)[None, :, None]
+    along = np.clip(np.abs(xs - centre_x) / max(0.5 * width, 1e-6), 0.0, 1.0)
+    colours = np.broadcast_to(sclera, (h, w, 3)) * (1.0 - _SCLERA_CORNER_SHADE * along ** 2)
+    iris_cover = _disc(centre, radius, box)[..., None]
+    colours = colours * (1.0 - iris_cover) + iris * iris_cover
+    pupil_cover = _disc(centre, _PUPIL_RADIUS_IRIS * radius, box)[..., None]
+    return colours * (1.0 - pupil_cover) + 0.35 * iris * pupil_cover
+
+
+def _open_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
+    """An upper lid that goes up (a closed eye opening, AU05) uncovers a still eyeball, as `_close_lids` covers
+    one: the eyeball the source already showed stays where it was (not stretched), and what the lid uncovers,
+    with the band of the old lash line, is painted as eyeball (sclera, iris, pupil); the lashes themselves go up
+    with the lid in the warp. Returns (image [S, S, 3], painted px); `out` itself when no lid goes up."""
+    size = image.shape[0]
+    result, painted = out, 0.0
+    for lid_idx, eye in _UPPER_LIDS:
+        lid_idx, eye = list(lid_idx), list(eye)
+        if eye not in _opening_eyes(src, dst):
+            continue
+        if painted == 0.0:
+            result = out.astype(np.float64)
+        iod = face_frame(src).iod_px
+        half = 0.5 * max(0.8, _LASH_WIDTH_IOD * iod)
+        corners = np.concatenate([src[eye], dst[eye]])
+        lo = np.clip(np.floor(corners.min(axis=0) - half - 1.0).astype(int), 0, size - 1)
+        hi = np.clip(np.ceil(corners.max(axis=0) + half + 1.0).astype(int), 0, size - 1)
+        box = (slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1))
+        window, source = result[box], image[box].astype(np.float64)
+        # The source's lashes: a band of the lash width below its upper lid line.
+        lashes = polygon_mask(np.concatenate([src[lid_idx], (src[lid_idx] + [0.0, 2.0 * half])[::-1]]), size)[box]
+        seen = np.clip(polygon_mask(src[eye], size)[box] - lashes, 0.0, 1.0)
+        open_now = polygon_mask(dst[eye], size)[box]
+        keep = np.minimum(seen, open_now)
+        paint = np.clip(open_now - keep, 0.0, 1.0)
+        skin = np.median(image[max(lo[1] - 3, 0):lo[1] + 1, box[1]].reshape(-1, 3).astype(np.float64), axis=0)
+        eyeball = _eyeball(image, src, dst, eye, seen, box, skin)
+        window[:] = window * (1.0 - keep[..., None]) + source * keep[..., None]
+        window[:] = window * (1.0 - paint[..., None]) + eyeball * paint[..., None]
+        # The lash line at the lid's new edge (the paint covered the half of it the warp brought inside the eye).
+        lash = polygon_mask(np.concatenate([dst[lid_idx] - [0.0, half], (dst[lid_idx] + [0.0, half])[::-1]]), size)
+        lash_pixels = image[polygon_mask(np.concatenate([src[lid_idx] - [0.0, half], (src[lid_idx] + [0.0, half])[::-1]]),
+                                         size) > 0.5].astype(np.float64)
+        lash_colour = np.percentile(lash_pixels, 10, axis=0) if len(lash_pixels) >= 4 else 0.4 * skin
+        alpha = (_LASH_STRENGTH * lash[box])[..., None]
+        window[:] = window * (1.0 - alpha) + lash_colour * alpha
+        painted += float(paint.sum())
+    return result, painted
+
+
 @dataclass
 class WarpPlan:
     """The dense warp for one edit, before any pixel is touched."""
@@ -406,7 +520,7 @@ class WarpPlan:
     landmarks: np.ndarray    # [68, 2] where the points go
     field: np.ndarray        # [S, S, 2] backward displacement: output pixel x samples the input at x + field[x]
     opened: np.ndarray       # [S, S] 0..1: the target mouth interior (painted, exempt from the fold check)
-    min_jacobian: float      # smallest triangle area ratio outside the mouth interior (> 0: no fold)
+    min_jacobian: float      # smallest triangle area ratio outside the painted mouth and eyes (> 0: no fold)
 
 
 def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig = WarpConfig()) -> WarpPlan:
@@ -414,7 +528,8 @@ def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig
 
     Piecewise-affine over a Delaunay triangulation of the moved points and the crop border: pixels in triangles
     whose corners do not move keep their exact values. No triangle may flip or collapse (source/target area ratio
-    > min_jacobian) except inside the newly opened mouth. RejectError warp_folds below config.min_fraction.
+    > min_jacobian) except inside the newly opened mouth and an opening eye (both painted). RejectError
+    warp_folds below config.min_fraction.
     """
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
@@ -422,10 +537,11 @@ def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig
     fraction, low, high = 1.0, 0.0, 1.0
     for _ in range(config.fraction_steps + 1):
         goal = src + fraction * (dst - src)
-        mesh = _mesh(src, goal, size_px, config.brow_band)
+        eyes = tuple(_opening_eyes(src, goal)) if config.open_lids else ()
+        mesh = _mesh(src, goal, size_px, config.brow_band, eyes)
         worst = _worst_ratio(mesh)
         if worst <= config.min_jacobian and config.brow_band:   # the band's extra points can pinch a low brow
-            mesh = _mesh(src, goal, size_px, brow_band=False)
+            mesh = _mesh(src, goal, size_px, brow_band=False, painted_eyes=eyes)
             worst = _worst_ratio(mesh)
         if worst > config.min_jacobian:
             best = (fraction, goal, mesh, worst)
@@ -448,7 +564,10 @@ def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig
         # Soften the creases along triangle edges; kept only where the smoothed warp still does not fold.
         sigma = config.smooth_iod * face_frame(src).iod_px
         smoothed = np.stack([cv2.GaussianBlur(field[..., k], (0, 0), sigma) for k in range(2)], axis=-1)
-        if float(jacobian_det(smoothed)[opened < 0.01].min(initial=1.0)) > config.min_jacobian:
+        exempt = opened.copy()
+        for eye in (_opening_eyes(src, goal) if config.open_lids else []):
+            exempt = np.maximum(exempt, polygon_mask(goal[eye], size_px))
+        if float(jacobian_det(smoothed)[exempt < 0.01].min(initial=1.0)) > config.min_jacobian:
             field = smoothed
     return WarpPlan(fraction=float(fraction), landmarks=goal.astype(np.float32), field=field, opened=opened,
                     min_jacobian=worst)
@@ -485,13 +604,18 @@ def warp_to_landmarks(image: np.ndarray, src: np.ndarray, dst: np.ndarray, confi
             blended = out.astype(np.float64) * (1.0 - fill[..., None]) + colours * fill[..., None]
             out = np.clip(np.round(blended), 0, 255).astype(np.uint8)
             filled = float(fill.sum())
+    eyes = 0.0
+    if config.open_lids:
+        opened, eyes = _open_lids(image, out, np.asarray(src, np.float64), plan.landmarks.astype(np.float64))
+        if opened is not out:
+            out = np.clip(np.round(opened), 0, 255).astype(np.uint8)
     lids = 0.0
     if config.close_lids:
         closed, lids = _close_lids(image, out, np.asarray(src, np.float64), plan.landmarks.astype(np.float64))
         if closed is not out:
             out = np.clip(np.round(closed), 0, 255).astype(np.uint8)
     return WarpResult(image=out, landmarks=plan.landmarks, fraction=plan.fraction, min_jacobian=plan.min_jacobian,
-                      mouth_filled_px=filled, lid_painted_px=lids)
+                      mouth_filled_px=filled, lid_painted_px=lids, eye_painted_px=eyes)
 
 
 def check_au_vector(values, name: str) -> np.ndarray:

@@ -210,6 +210,90 @@ def test_a_closed_eye_shows_lid_skin_and_a_lash_line():
     assert opened.lid_painted_px == 0.0
 
 
+def _big_drawn_eyes(size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """A 256 px face (62 px between the eyes) of plain skin with two open eyes: white sclera, a dark iris."""
+    face = synthetic_landmarks68((128.0, 116.0), 62.0).astype(np.float32)
+    image = np.full((size, size, 3), (200, 160, 140), np.uint8)
+    for eye in (range(36, 42), range(42, 48)):
+        cv2.fillPoly(image, [np.round(face[list(eye)]).astype(np.int32)], (245, 245, 240))
+        cv2.circle(image, tuple(int(v) for v in np.round(face[list(eye)].mean(axis=0))), 5, (40, 30, 20), -1)
+    return image, face
+
+
+def test_opening_a_closed_eye_paints_an_eyeball_not_stretched_lid_skin():
+    """A closed eye (the editor's own blink, on a 256 px face) opened again: the uncovered opening shows a light
+    sclera and a dark iris and pupil at its middle, with the lash line at the lid's new edge; without open_lids
+    it is stretched lid skin."""
+    (image, face), size, skin = _big_drawn_eyes(), 256, (200, 160, 140)
+    closed = EDITOR.edit(image, face, np.zeros(17), one_hot("AU45"))
+    # the lids go back where they were (the shape model's own reopening leaves the lower lid where they met)
+    goal = closed.landmarks.copy()
+    goal[36:48] = face[36:48]
+    opened = warp_to_landmarks(closed.image, closed.landmarks, goal)
+    assert opened.eye_painted_px > 100 and opened.fraction == 1.0
+    eye = list(range(36, 42))
+    half = 0.5 * max(0.8, _LASH_WIDTH_IOD * face_frame(face).iod_px)
+    lid = opened.landmarks[[36, 37, 38, 39]]
+    lashes = polygon_mask(np.concatenate([lid - [0, half + 1.0], (lid + [0, half + 1.0])[::-1]]), size) > 0
+    inside = (polygon_mask(opened.landmarks[eye], size) > 0.99) & ~lashes
+    lum = opened.image.astype(float).mean(-1)
+    skin_lum = np.mean(skin)
+    centre_x = opened.landmarks[[36, 39], 0].mean()
+    width = opened.landmarks[39, 0] - opened.landmarks[36, 0]
+    columns = np.arange(size)[None, :]
+    iris = inside & (np.abs(columns - centre_x) <= 0.1 * width)
+    sclera = inside & (np.abs(columns - centre_x) >= 0.3 * width)
+    assert iris.sum() >= 6 and sclera.sum() >= 10
+    assert lum[iris].mean() < skin_lum - 60               # dark iris and pupil in the middle
+    assert lum[sclera].mean() > lum[iris].mean() + 80     # lighter sclera to the sides
+    edge = np.round(opened.landmarks[[37, 38]].mean(axis=0)).astype(int)
+    assert lum[edge[1], edge[0]] < skin_lum - 40          # the lashes at the lid's new edge
+    stretched = warp_to_landmarks(closed.image, closed.landmarks, goal, WarpConfig(open_lids=False))
+    assert stretched.eye_painted_px == 0.0
+    stretched_lum = stretched.image.astype(float).mean(-1)
+    assert np.abs(lum[sclera] - lum[iris].mean()).mean() > 2 * np.abs(stretched_lum[sclera] - stretched_lum[iris].mean()).mean()
+
+
+def test_a_raised_lid_uncovers_the_eyeball_in_place():
+    """An upper lid raised well above the iris (AU05-like): the eye the source showed stays where it was, pixel
+    for pixel (the iris is not stretched upward), and the band the lid uncovers is the source eye's own sclera,
+    not stretched lid skin."""
+    image, face = _big_drawn_eyes()
+    goal = face.copy()
+    goal[[37, 38, 43, 44], 1] -= 0.15 * face_frame(face).iod_px
+    raised = warp_to_landmarks(image, face, goal)
+    assert raised.eye_painted_px > 50 and raised.fraction == 1.0
+    eye, size = list(range(36, 42)), image.shape[0]
+    half = 0.5 * max(0.8, _LASH_WIDTH_IOD * face_frame(face).iod_px)
+    lid = raised.landmarks[[36, 37, 38, 39]]
+    new_lashes = polygon_mask(np.concatenate([lid - [0, half + 1.0], (lid + [0, half + 1.0])[::-1]]), size) > 0
+    old = face[[36, 37, 38, 39]]
+    old_lashes = polygon_mask(np.concatenate([old - [0, 1.0], (old + [0, 2 * half + 1.0])[::-1]]), size) > 0
+    kept = (polygon_mask(face[eye], size) > 0.99) & ~old_lashes & ~new_lashes
+    assert kept.sum() >= 30
+    np.testing.assert_array_equal(raised.image[kept], image[kept])
+    uncovered = (polygon_mask(raised.landmarks[eye], size) > 0.99) & (polygon_mask(face[eye], size) < 0.01) & ~new_lashes
+    columns = np.arange(size)[None, :]
+    side = uncovered & (np.abs(columns - face[eye, 0].mean()) >= 6.5)   # beside the iris (radius 5)
+    assert side.sum() >= 6
+    np.testing.assert_allclose(raised.image[side].astype(float).mean(axis=0), (245, 245, 240), atol=35)
+    stretched = warp_to_landmarks(image, face, goal, WarpConfig(open_lids=False))   # the iris drawn taller
+    assert np.any(stretched.image[kept] != image[kept]) and stretched.eye_painted_px == 0.0
+
+
+@pytest.mark.parametrize("config", [WarpConfig(open_lids=True), WarpConfig(open_lids=False)])
+def test_opening_lids_leaves_faces_without_a_raised_lid_alone(crop, config):
+    """Edits that raise no upper lid (a smile, a blink) give the same pixels with and without open_lids."""
+    face = FACE
+    for au in ("AU12", "AU45", "AU04"):
+        a = warp_to_landmarks(crop, face, EDITOR.shape_model.target_landmarks(face, np.zeros(17), one_hot(au)),
+                              config)
+        b = warp_to_landmarks(crop, face, EDITOR.shape_model.target_landmarks(face, np.zeros(17), one_hot(au)),
+                              WarpConfig(open_lids=not config.open_lids))
+        np.testing.assert_array_equal(a.image, b.image)
+        assert a.eye_painted_px == 0.0
+
+
 def test_a_closing_lid_brings_down_the_skin_just_above_it():
     """Real lids sit under a shadowed fold: the closing lid carries that colour down, not a paler band.
 
