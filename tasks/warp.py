@@ -417,6 +417,7 @@ def _close_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.nda
 
 
 _IRIS_RADIUS_WIDTH = 0.21     # iris radius / eye width (corner to corner): an adult iris is ~12 mm across, the eye ~28 mm
+_IRIS_RADIUS_RANGE = (0.12, 0.35)   # an iris radius measured on the source eye is kept within this share of its width
 _PUPIL_RADIUS_IRIS = 0.35     # pupil radius / iris radius in ordinary light
 _EYE_SEEN_MIN_PX = 6.0        # a source eye showing less eyeball than this (px) gives no colours; defaults are used
 _SCLERA = np.array([232.0, 228.0, 222.0])   # a lit sclera, slightly warm (defaults: only when the source eye is closed)
@@ -445,6 +446,7 @@ def _eyeball(image: np.ndarray, src: np.ndarray, dst: np.ndarray, eye: list[int]
     radius = _IRIS_RADIUS_WIDTH * width
     pixels = image[box][seen > 0.5].astype(np.float64)
     shows_eye = len(pixels) >= _EYE_SEEN_MIN_PX
+    centre_y = None
     if shows_eye:
         brightness = pixels.mean(axis=1)
         sclera = pixels[brightness >= np.percentile(brightness, 80)].mean(axis=0)
@@ -452,6 +454,25 @@ def _eyeball(image: np.ndarray, src: np.ndarray, dst: np.ndarray, eye: list[int]
         xs = np.nonzero(seen > 0.5)[1] + box[1].start
         darkness = np.clip(sclera.mean() - brightness, 0.0, None)
         centre_x = float((xs * darkness).sum() / darkness.sum()) if darkness.sum() > 0 else 0.5 * (outer[0] + inner[0])
+        # The iris as wide as the source shows it: the run of columns, through its centre, darker than halfway
+        # between sclera and iris (an iris the lids cut still shows its full width across its middle).
+        columns = np.unique(xs)
+        dark = np.array([brightness[xs == c].min() for c in columns]) < 0.5 * (sclera.mean() + iris.mean())
+        at = int(np.argmin(np.abs(columns - centre_x)))
+        if dark[at]:
+            lo, hi = at, at
+            while lo > 0 and dark[lo - 1]:
+                lo -= 1
+            while hi < len(columns) - 1 and dark[hi + 1]:
+                hi += 1
+            radius = float(np.clip(0.5 * (columns[hi] - columns[lo] + 1), _IRIS_RADIUS_RANGE[0] * width,
+                                   _IRIS_RADIUS_RANGE[1] * width))
+            # Where the iris shows its full width, its centre is in sight: the middle of those rows.
+            ys = np.nonzero(seen > 0.5)[0] + box[0].start
+            rows = np.unique(ys)
+            wide = [r for r in rows if (brightness[ys == r] < 0.5 * (sclera.mean() + iris.mean())).sum() >= 1.6 * radius]
+            if wide:
+                centre_y = 0.5 * (min(wide) + max(wide))
     else:
         sclera = _SCLERA_FROM_WHITE * _SCLERA + (1.0 - _SCLERA_FROM_WHITE) * skin
         iris = _IRIS_DARKNESS * skin
@@ -460,7 +481,9 @@ def _eyeball(image: np.ndarray, src: np.ndarray, dst: np.ndarray, eye: list[int]
     # shows no lower lid of its own, so the target's is used.
     lids = src if shows_eye else dst
     lower = [eye[0], eye[5], eye[4], eye[3]]
-    centre = np.array([centre_x, float(_lid_line(lids[lower], np.array([centre_x]))[0]) - _IRIS_ON_LID * radius])
+    if centre_y is None:
+        centre_y = float(_lid_line(lids[lower], np.array([centre_x]))[0]) - _IRIS_ON_LID * radius
+    centre = np.array([centre_x, centre_y])
     h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
     xs = np.arange(box[1].start, box[1].stop, dtype=np.float64)[None, :, None]
     along = np.clip(np.abs(xs - centre_x) / max(0.5 * width, 1e-6), 0.0, 1.0)
