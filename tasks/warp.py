@@ -374,6 +374,25 @@ def _above_lid(lid: np.ndarray, margin: float, box: tuple[slice, slice]) -> np.n
     return np.clip(weight, 0.0, 1.0)
 
 
+def _lash_half_width(src: np.ndarray) -> float:
+    """Half the width (px) of the lash line drawn at a moved lid's edge."""
+    return 0.5 * max(0.8, _LASH_WIDTH_IOD * face_frame(src).iod_px)
+
+
+def _eye_box(src: np.ndarray, dst: np.ndarray, eye: list[int], half: float, size: int,
+             above: float = 0.0) -> tuple[slice, slice]:
+    """The box (rows, columns) holding an eye's source and target outlines, its lash line and `above` px more."""
+    corners = np.concatenate([src[eye], dst[eye]])
+    lo = np.clip(np.floor(corners.min(axis=0) - half - 1.0 - [0.0, above]).astype(int), 0, size - 1)
+    hi = np.clip(np.ceil(corners.max(axis=0) + half + 1.0).astype(int), 0, size - 1)
+    return slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1)
+
+
+def _along_lid(lid: np.ndarray, above: float, below: float, size: int) -> np.ndarray:
+    """Coverage [S, S] of the band from `above` px over a lid line to `below` px under it."""
+    return polygon_mask(np.concatenate([lid - [0.0, above], (lid + [0.0, below])[::-1]]), size)
+
+
 def _close_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
     """An upper lid that comes down (AU45, AU07, AU04's lid drop) slides over a still eyeball: the part of the eye
     it leaves open shows the eye where it was (not squeezed into the smaller opening), and the part it covers
@@ -388,14 +407,10 @@ def _close_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.nda
             continue
         if painted == 0.0:
             result = out.astype(np.float64)
-        iod = face_frame(src).iod_px
-        half = 0.5 * max(0.8, _LASH_WIDTH_IOD * iod)
+        half = _lash_half_width(src)
+        margin = min(_LID_MARGIN_IOD * face_frame(src).iod_px, down)
         # Everything below happens inside the eye's box (both outlines and the lash line), a few px wide.
-        corners = np.concatenate([src[eye], dst[eye]])
-        margin = min(_LID_MARGIN_IOD * iod, down)
-        lo = np.clip(np.floor(corners.min(axis=0) - half - 1.0 - [0.0, margin + 1.0]).astype(int), 0, size - 1)
-        hi = np.clip(np.ceil(corners.max(axis=0) + half + 1.0).astype(int), 0, size - 1)
-        box = (slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1))
+        box = _eye_box(src, dst, eye, half, size, above=margin + 1.0)
         window, source = result[box], image[box].astype(np.float64)
         src_eye = polygon_mask(src[eye], size)
         open_now = np.minimum(src_eye, polygon_mask(dst[eye], size))[box][..., None]
@@ -405,7 +420,7 @@ def _close_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.nda
         skin = _lid_skin(window, src[lid_idx], margin + 1.0, box)
         paint = np.maximum(covered, _above_lid(src[lid_idx], margin, box))[..., None]
         window[:] = window * (1.0 - paint) + skin * paint
-        lash = polygon_mask(np.concatenate([dst[lid_idx] - [0.0, half], (dst[lid_idx] + [0.0, half])[::-1]]), size)
+        lash = _along_lid(dst[lid_idx], half, half, size)
         eye_pixels = image[src_eye > 0.5].astype(np.float64)
         lash_colour = (np.percentile(eye_pixels, 10, axis=0) if len(eye_pixels) >= 4 else 0.4 * skin.mean(axis=(0, 1)))
         # The lid-skin paint covers the lashes the warp brought down with the lid; redraw them in proportion to
@@ -507,27 +522,23 @@ def _open_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.ndar
             continue
         if painted == 0.0:
             result = out.astype(np.float64)
-        iod = face_frame(src).iod_px
-        half = 0.5 * max(0.8, _LASH_WIDTH_IOD * iod)
-        corners = np.concatenate([src[eye], dst[eye]])
-        lo = np.clip(np.floor(corners.min(axis=0) - half - 1.0).astype(int), 0, size - 1)
-        hi = np.clip(np.ceil(corners.max(axis=0) + half + 1.0).astype(int), 0, size - 1)
-        box = (slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1))
+        half = _lash_half_width(src)
+        box = _eye_box(src, dst, eye, half, size)
         window, source = result[box], image[box].astype(np.float64)
         # The source's lashes: a band of the lash width below its upper lid line.
-        lashes = polygon_mask(np.concatenate([src[lid_idx], (src[lid_idx] + [0.0, 2.0 * half])[::-1]]), size)[box]
+        lashes = _along_lid(src[lid_idx], 0.0, 2.0 * half, size)[box]
         seen = np.clip(polygon_mask(src[eye], size)[box] - lashes, 0.0, 1.0)
         open_now = polygon_mask(dst[eye], size)[box]
         keep = np.minimum(seen, open_now)
         paint = np.clip(open_now - keep, 0.0, 1.0)
-        skin = np.median(image[max(lo[1] - 3, 0):lo[1] + 1, box[1]].reshape(-1, 3).astype(np.float64), axis=0)
+        top = box[0].start
+        skin = np.median(image[max(top - 3, 0):top + 1, box[1]].reshape(-1, 3).astype(np.float64), axis=0)
         eyeball = _eyeball(image, src, dst, eye, seen, box, skin)
         window[:] = window * (1.0 - keep[..., None]) + source * keep[..., None]
         window[:] = window * (1.0 - paint[..., None]) + eyeball * paint[..., None]
         # The lash line at the lid's new edge (the paint covered the half of it the warp brought inside the eye).
-        lash = polygon_mask(np.concatenate([dst[lid_idx] - [0.0, half], (dst[lid_idx] + [0.0, half])[::-1]]), size)
-        lash_pixels = image[polygon_mask(np.concatenate([src[lid_idx] - [0.0, half], (src[lid_idx] + [0.0, half])[::-1]]),
-                                         size) > 0.5].astype(np.float64)
+        lash = _along_lid(dst[lid_idx], half, half, size)
+        lash_pixels = image[_along_lid(src[lid_idx], half, half, size) > 0.5].astype(np.float64)
         lash_colour = np.percentile(lash_pixels, 10, axis=0) if len(lash_pixels) >= 4 else 0.4 * skin
         alpha = (_LASH_STRENGTH * lash[box])[..., None]
         window[:] = window * (1.0 - alpha) + lash_colour * alpha
