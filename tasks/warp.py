@@ -471,8 +471,9 @@ def _eyeball(image: np.ndarray, src: np.ndarray, dst: np.ndarray, eye: list[int]
         centre_x = float((xs * darkness).sum() / darkness.sum()) if darkness.sum() > 0 else 0.5 * (outer[0] + inner[0])
         # The iris as wide as the source shows it: the run of columns, through its centre, darker than halfway
         # between sclera and iris (an iris the lids cut still shows its full width across its middle).
+        halfway = 0.5 * (sclera.mean() + iris.mean())
         columns = np.unique(xs)
-        dark = np.array([brightness[xs == c].min() for c in columns]) < 0.5 * (sclera.mean() + iris.mean())
+        dark = np.array([brightness[xs == c].min() for c in columns]) < halfway
         at = int(np.argmin(np.abs(columns - centre_x)))
         if dark[at]:
             lo, hi = at, at
@@ -485,7 +486,7 @@ def _eyeball(image: np.ndarray, src: np.ndarray, dst: np.ndarray, eye: list[int]
             # Where the iris shows its full width, its centre is in sight: the middle of those rows.
             ys = np.nonzero(seen > 0.5)[0] + box[0].start
             rows = np.unique(ys)
-            wide = [r for r in rows if (brightness[ys == r] < 0.5 * (sclera.mean() + iris.mean())).sum() >= 1.6 * radius]
+            wide = [r for r in rows if (brightness[ys == r] < halfway).sum() >= 1.6 * radius]
             if wide:
                 centre_y = 0.5 * (min(wide) + max(wide))
     else:
@@ -516,9 +517,10 @@ def _open_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.ndar
     with the lid in the warp. Returns (image [S, S, 3], painted px); `out` itself when no lid goes up."""
     size = image.shape[0]
     result, painted = out, 0.0
+    opening = _opening_eyes(src, dst)
     for lid_idx, eye in _UPPER_LIDS:
         lid_idx, eye = list(lid_idx), list(eye)
-        if eye not in _opening_eyes(src, dst):
+        if eye not in opening:
             continue
         if painted == 0.0:
             result = out.astype(np.float64)
@@ -578,7 +580,7 @@ def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig
             mesh = _mesh(src, goal, size_px, brow_band=False, painted_eyes=eyes)
             worst = _worst_ratio(mesh)
         if worst > config.min_jacobian:
-            best = (fraction, goal, mesh, worst)
+            best = (fraction, goal, mesh, worst, eyes)
             low = fraction
             if fraction == 1.0:
                 break
@@ -589,7 +591,7 @@ def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig
         achieved = 0.0 if best is None else best[0]
         raise RejectError(STAGE, "warp_folds",
                           f"the landmark motion folds the image even when scaled back to {achieved:.2f} of it")
-    fraction, goal, mesh, worst = best
+    fraction, goal, mesh, worst, eyes = best
     field = _mesh_field(mesh, size_px)
     mouth = goal[list(INNER_LIPS)]
     opened = (polygon_mask(mouth, size_px) if config.fill_mouth and _polygon_area(mouth) >= 1.0
@@ -599,7 +601,7 @@ def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig
         sigma = config.smooth_iod * face_frame(src).iod_px
         smoothed = np.stack([cv2.GaussianBlur(field[..., k], (0, 0), sigma) for k in range(2)], axis=-1)
         exempt = opened.copy()
-        for eye in (_opening_eyes(src, goal) if config.open_lids else []):
+        for eye in eyes:
             exempt = np.maximum(exempt, polygon_mask(goal[eye], size_px))
         if float(jacobian_det(smoothed)[exempt < 0.01].min(initial=1.0)) > config.min_jacobian:
             field = smoothed

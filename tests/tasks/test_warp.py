@@ -8,14 +8,14 @@ import pytest
 from models.au_shape import AU_NAMES, INNER_LIPS, default_au_shape_model, face_frame
 from tasks.errors import RejectError
 from tasks.openface import synthetic_landmarks68
-from tasks.warp import _LASH_WIDTH_IOD, WarpConfig, WarpEditor, jacobian_det, plan_warp, polygon_mask, warp_to_landmarks
+from tasks.warp import WarpConfig, WarpEditor, _lash_half_width, jacobian_det, plan_warp, polygon_mask, warp_to_landmarks
 
 SIZE = 128
 FACE = synthetic_landmarks68((64.0, 58.0), 31.0).astype(np.float32)
 CLOSED = FACE.copy()
 CLOSED[[67, 66, 65], 1] = CLOSED[[61, 62, 63], 1]        # lips together: inner upper == inner lower
 EDITOR = WarpEditor(default_au_shape_model())
-LASH_HALF_WIDTH = 0.5 * max(0.8, _LASH_WIDTH_IOD * face_frame(FACE).iod_px)   # the lash line _close_lids draws
+LASH_HALF_WIDTH = _lash_half_width(FACE)   # the lash line _close_lids draws
 
 
 def one_hot(name: str, value: float = 1.0) -> np.ndarray:
@@ -165,10 +165,11 @@ def _drawn_eyes() -> np.ndarray:
     return np.round(skin * (1 - opening[..., None]) + eyes * opening[..., None]).astype(np.uint8)
 
 
-def _lid_band(landmarks: np.ndarray, half_width: float) -> np.ndarray:
-    """The band of `half_width` px either side of the right upper lid's edge."""
+def _lid_band(landmarks: np.ndarray, half_width: float, size: int = SIZE, below: float | None = None) -> np.ndarray:
+    """The band from `half_width` px above the right upper lid's edge to `below` px under it (default: as above)."""
     lid = landmarks[[36, 37, 38, 39]]
-    return polygon_mask(np.concatenate([lid - [0, half_width], (lid + [0, half_width])[::-1]]), SIZE) > 0
+    below = half_width if below is None else below
+    return polygon_mask(np.concatenate([lid - [0, half_width], (lid + [0, below])[::-1]]), size) > 0
 
 
 def test_a_lowered_lid_slides_over_the_eye_instead_of_squeezing_it():
@@ -232,9 +233,7 @@ def test_opening_a_closed_eye_paints_an_eyeball_not_stretched_lid_skin():
     opened = warp_to_landmarks(closed.image, closed.landmarks, goal)
     assert opened.eye_painted_px > 100 and opened.fraction == 1.0
     eye = list(range(36, 42))
-    half = 0.5 * max(0.8, _LASH_WIDTH_IOD * face_frame(face).iod_px)
-    lid = opened.landmarks[[36, 37, 38, 39]]
-    lashes = polygon_mask(np.concatenate([lid - [0, half + 1.0], (lid + [0, half + 1.0])[::-1]]), size) > 0
+    lashes = _lid_band(opened.landmarks, _lash_half_width(face) + 1.0, size)
     inside = (polygon_mask(opened.landmarks[eye], size) > 0.99) & ~lashes
     lum = opened.image.astype(float).mean(-1)
     skin_lum = np.mean(skin)
@@ -264,11 +263,9 @@ def test_a_raised_lid_uncovers_the_eyeball_in_place():
     raised = warp_to_landmarks(image, face, goal)
     assert raised.eye_painted_px > 50 and raised.fraction == 1.0
     eye, size = list(range(36, 42)), image.shape[0]
-    half = 0.5 * max(0.8, _LASH_WIDTH_IOD * face_frame(face).iod_px)
-    lid = raised.landmarks[[36, 37, 38, 39]]
-    new_lashes = polygon_mask(np.concatenate([lid - [0, half + 1.0], (lid + [0, half + 1.0])[::-1]]), size) > 0
-    old = face[[36, 37, 38, 39]]
-    old_lashes = polygon_mask(np.concatenate([old - [0, 1.0], (old + [0, 2 * half + 1.0])[::-1]]), size) > 0
+    half = _lash_half_width(face)
+    new_lashes = _lid_band(raised.landmarks, half + 1.0, size)
+    old_lashes = _lid_band(face, 1.0, size, below=2 * half + 1.0)
     kept = (polygon_mask(face[eye], size) > 0.99) & ~old_lashes & ~new_lashes
     assert kept.sum() >= 30
     np.testing.assert_array_equal(raised.image[kept], image[kept])
