@@ -9,6 +9,11 @@ through the project's aligner, tasks.align.FaceAligner). For each face and each 
 same face box, so its own bias cancels; the named points must have moved the way FACS says by at least
 NAMED_MIN_PX and the points the AU model does not move at all must have moved less than OTHERS_MAX_MEAN_PX on
 average. Writes warp_real.json and warp_real_sheet.png.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_warp_real --ck48-set 1 --tag warp_real_check
+
+runs the same judge on a disjoint set of CK+48 faces (each subject's next expression): a change chosen by its
+effect on the first set should hold there too.
 """
 from __future__ import annotations
 
@@ -144,18 +149,18 @@ def _package_photos() -> list[tuple[str, np.ndarray, str]]:
     return out
 
 
-def ck48_choices(ck48_dir: Path) -> list[Path]:
-    """One file per subject: the most preferred expression folder (CK48_PREFERENCE), then its earliest frame."""
-    best: dict[str, tuple[tuple[int, str], Path]] = {}
-    for folder in CK48_PREFERENCE:
+def ck48_choices(ck48_dir: Path, rank: int = 0) -> list[Path]:
+    """One file per subject: its most preferred expression folder (CK48_PREFERENCE), then that folder's earliest
+    frame. rank 1 takes each subject's next expression folder instead (subjects with one folder are left out): a
+    second set of faces, disjoint from the first, to check that a change chosen on one set holds on the other."""
+    folders: dict[str, dict[int, Path]] = {}
+    for order, folder in enumerate(CK48_PREFERENCE):
         for path in sorted((ck48_dir / folder).glob("*.png")):
             match = re.match(r"(S\d+)_(\d+)_(\d+)", path.stem)
-            if not match:
-                continue
-            key = (CK48_PREFERENCE.index(folder), path.stem)
-            if match.group(1) not in best or key < best[match.group(1)][0]:
-                best[match.group(1)] = (key, path)
-    return [best[s][1] for s in sorted(best)]
+            if match:
+                folders.setdefault(match.group(1), {}).setdefault(order, path)   # sorted: the earliest frame
+    chosen = {s: by_order[sorted(by_order)[rank]] for s, by_order in folders.items() if len(by_order) > rank}
+    return [chosen[s] for s in sorted(chosen)]
 
 
 def ck48_canvas(path: Path, size_px: int = SIZE_PX) -> np.ndarray:
@@ -170,14 +175,14 @@ def ck48_canvas(path: Path, size_px: int = SIZE_PX) -> np.ndarray:
 
 
 def load_faces(ck48_dir: Path | None = CK48_DIR, max_ck48: int | None = None, augment: bool = True,
-               size_px: int = SIZE_PX) -> tuple[list[Face], list[dict]]:
+               size_px: int = SIZE_PX, ck48_rank: int = 0) -> tuple[list[Face], list[dict]]:
     """Aligned crops of the package photos (+ augmentations) and CK+48 subjects; and the faces left out, why."""
     from tasks.align import AlignConfig, FaceAligner
 
     sources = [s for s in _package_photos() if augment or s[2] != "augmentation"]
     sources = [(n, rgb, k, "FaceAligner (MTCNN) on the photo") for n, rgb, k in sources]
     if ck48_dir is not None and ck48_dir.is_dir():
-        paths = ck48_choices(ck48_dir)[:max_ck48]
+        paths = ck48_choices(ck48_dir, ck48_rank)[:max_ck48]
         sources += [(f"ck48_{p.parent.name}_{p.stem}", ck48_canvas(p, size_px), "ck48",
                      "48 px upscaled to 128 (cubic), padded 64 px, FaceAligner (MTCNN)") for p in paths]
     aligner = FaceAligner(AlignConfig(image_size_px=size_px), device="cpu")
@@ -397,11 +402,11 @@ def sheet_rows(faces: Sequence[Face], editor: WarpEditor, aus: Sequence[str] = J
 
 
 def run(out_dir: Path, ck48_dir: Path | None = CK48_DIR, max_ck48: int | None = None, sheet_ck48: int = 6,
-        model: AUShapeModel | None = None, tag: str = "warp_real") -> dict:
+        model: AUShapeModel | None = None, tag: str = "warp_real", ck48_rank: int = 0) -> dict:
     model = model or default_au_shape_model()
     editor = WarpEditor(model)
     start = time.perf_counter()
-    faces, skipped = load_faces(ck48_dir, max_ck48)
+    faces, skipped = load_faces(ck48_dir, max_ck48, ck48_rank=ck48_rank)
     rows = [evaluate_face(face, editor) for face in faces]
     skipped += [{"face": r["face"], "why": r["error"]} for r in rows if "error" in r]
     distinct = [f for f in faces if f.kind != "augmentation"]
@@ -413,7 +418,7 @@ def run(out_dir: Path, ck48_dir: Path | None = CK48_DIR, max_ck48: int | None = 
                   "others": "points the AU model does not move at all for that AU"},
         "faces": {"package": sum(f.kind == "package" for f in faces),
                   "augmentation": sum(f.kind == "augmentation" for f in faces),
-                  "ck48": sum(f.kind == "ck48" for f in faces), "skipped": skipped,
+                  "ck48": sum(f.kind == "ck48" for f in faces), "ck48_set": ck48_rank, "skipped": skipped,
                   "ck48_prep": "48 px upscaled to 128 (cubic), padded 64 px (edge replicated), FaceAligner (MTCNN)"},
         "summary": summarise(rows),
         "summary_augmentations": summarise(rows, kinds=("augmentation",)),
@@ -459,6 +464,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sheet-ck48", type=int, default=6, help="CK+48 rows on the contact sheet")
     parser.add_argument("--au-shape", default=None, help="AU shape model JSON (default: the FACS table)")
     parser.add_argument("--tag", default="warp_real", help="output file stem")
+    parser.add_argument("--ck48-set", type=int, choices=(0, 1), default=0,
+                        help="0: each subject's preferred expression (the reported table); 1: its next expression, "
+                             "a disjoint check set (use with --tag warp_real_check)")
     args = parser.parse_args(argv)
     import torch
 
@@ -466,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = None
     if args.au_shape:
         model = AUShapeModel.from_json(json.loads(Path(args.au_shape).read_text()))
-    report = run(Path(args.out), Path(args.ck48), args.max_ck48, args.sheet_ck48, model, args.tag)
+    report = run(Path(args.out), Path(args.ck48), args.max_ck48, args.sheet_ck48, model, args.tag, args.ck48_set)
     print(format_report(report))
     print(f"{report['seconds']:.0f} s")
 

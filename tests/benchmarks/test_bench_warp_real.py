@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks.bench_warp_real import (
     CK48_DIR,
+    CK48_PREFERENCE,
     NAMED_MIN_PX,
     OTHERS_MAX_MEAN_PX,
     blur_05,
@@ -101,6 +102,14 @@ def test_ck48_faces_are_found_and_edited(editor):
     paths = ck48_choices(CK48_DIR)
     subjects = [p.stem.split("_")[0] for p in paths]
     assert len(subjects) == len(set(subjects)) >= 20
+    # the check set: each subject's next expression, so no face (and no sequence) is in both sets
+    check = ck48_choices(CK48_DIR, rank=1)
+    first = {p.stem.split("_")[0]: p for p in paths}
+    assert len(check) >= 20 and not set(check) & set(paths)
+    for p in check:
+        subject = p.stem.split("_")[0]
+        assert p.parent.name != first[subject].parent.name
+        assert CK48_PREFERENCE.index(p.parent.name) > CK48_PREFERENCE.index(first[subject].parent.name)
     faces, skipped = load_faces(CK48_DIR, max_ck48=3, augment=False)
     ck = [f for f in faces if f.kind == "ck48"]
     assert len(ck) == 3 and not skipped
