@@ -22,7 +22,8 @@ STAGE = "warp"
 # flat colour, which left a pale strip inside dark sockets). 6: a narrowed eye's blink closes between its lids. 7: an
 # upper lid that goes up uncovers a still eyeball (sclera, iris, pupil painted) instead of stretching lid skin
 # into the opening, and the opening eye's own triangles are not held to the fold check (their inside is painted).
-WARP_REVISION = 7
+# 8: the lash line at a moved lid's new edge is drawn opaque (3-7 blended a fifth of the lid skin into it).
+WARP_REVISION = 8
 
 # Anchors every this many px along the crop border hold the frame in place (zero displacement).
 _BORDER_ANCHOR_STEP_FRACTION = 1.0 / 8.0
@@ -338,7 +339,9 @@ def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region:
 _UPPER_LIDS = (((36, 37, 38, 39), RIGHT_EYE), ((45, 44, 43, 42), LEFT_EYE))
 _LID_DOWN_MIN_PX = 0.25        # an upper lid that comes down (or goes up) less than this (mean, px) is left to the warp
 _LASH_WIDTH_IOD = 0.05         # the lash line drawn at a lowered lid's edge (about 2 px at 128 px)
-_LASH_STRENGTH = 0.8
+_LASH_PERCENTILE = 10.0        # the lash line's colour: this percentile of the eye's (or old lash line's) pixels,
+                               # drawn opaque once the lid has moved the line's width (r8; r3-r7 let a fifth of the
+                               # lid skin through, which in shadowed CK+48 sockets read as a slit still open)
 _LID_MARGIN_IOD = 0.04         # a lowered lid's skin also covers this far above the old lid line (fading out), and
                                # is sampled 1 px above that
 
@@ -422,10 +425,11 @@ def _close_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.nda
         window[:] = window * (1.0 - paint) + skin * paint
         lash = _along_lid(dst[lid_idx], half, half, size)
         eye_pixels = image[src_eye > 0.5].astype(np.float64)
-        lash_colour = (np.percentile(eye_pixels, 10, axis=0) if len(eye_pixels) >= 4 else 0.4 * skin.mean(axis=(0, 1)))
-        # The lid-skin paint covers the lashes the warp brought down with the lid; redraw them in proportion to
-        # how much of the lash line's width the lid came down (a lid that drops a fraction of a pixel keeps its own).
-        alpha = (_LASH_STRENGTH * min(1.0, down / (2.0 * half)) * lash)[box][..., None]
+        lash_colour = (np.percentile(eye_pixels, _LASH_PERCENTILE, axis=0) if len(eye_pixels) >= 4
+                       else 0.4 * skin.mean(axis=(0, 1)))
+        # The lid-skin paint covers the lashes the warp brought down with the lid; redraw them (opaque) in proportion
+        # to how much of the lash line's width the lid came down (a lid that drops a fraction of a pixel keeps its own).
+        alpha = (min(1.0, down / (2.0 * half)) * lash)[box][..., None]
         window[:] = window * (1.0 - alpha) + lash_colour * alpha
         painted += float(covered.sum())
     return result, painted
@@ -541,8 +545,8 @@ def _open_lids(image: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.ndar
         # The lash line at the lid's new edge (the paint covered the half of it the warp brought inside the eye).
         lash = _along_lid(dst[lid_idx], half, half, size)
         lash_pixels = image[_along_lid(src[lid_idx], half, half, size) > 0.5].astype(np.float64)
-        lash_colour = np.percentile(lash_pixels, 10, axis=0) if len(lash_pixels) >= 4 else 0.4 * skin
-        alpha = (_LASH_STRENGTH * lash[box])[..., None]
+        lash_colour = np.percentile(lash_pixels, _LASH_PERCENTILE, axis=0) if len(lash_pixels) >= 4 else 0.4 * skin
+        alpha = lash[box][..., None]
         window[:] = window * (1.0 - alpha) + lash_colour * alpha
         painted += float(paint.sum())
     return result, painted

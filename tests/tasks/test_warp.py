@@ -207,6 +207,10 @@ def test_a_closed_eye_shows_lid_skin_and_a_lash_line():
     lid_row = int(round(closed.landmarks[[37, 38], 1].mean()))
     x = int(round(closed.landmarks[[37, 38], 0].mean()))
     assert lum[lid_row, x] < skin_lum - 40                  # the lashes at the lid's new edge
+    # ... drawn opaque in the eye's own dark colour (the darkest tenth of its pixels), no lid skin showing through
+    lash_colour = np.percentile(image[was_open].astype(float), 10, axis=0)
+    column = closed.image[lid_row - 2:lid_row + 3, x].astype(float)
+    np.testing.assert_allclose(column[np.argmin(column.mean(-1))], lash_colour, atol=4)
     opened = EDITOR.edit(image, FACE, np.zeros(17), one_hot("AU05"))    # a raised lid is left to the warp
     assert opened.lid_painted_px == 0.0
 
