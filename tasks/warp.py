@@ -22,8 +22,9 @@ STAGE = "warp"
 # flat colour, which left a pale strip inside dark sockets). 6: a narrowed eye's blink closes between its lids. 7: an
 # upper lid that goes up uncovers a still eyeball (sclera, iris, pupil painted) instead of stretching lid skin
 # into the opening, and the opening eye's own triangles are not held to the fold check (their inside is painted).
-# 8: the lash line at a moved lid's new edge is drawn opaque (3-7 blended a fifth of the lid skin into it).
-WARP_REVISION = 8
+# 8: the lash line at a moved lid's new edge is drawn opaque (3-7 blended a fifth of the lid skin into it). 9: the
+# forehead above the brows stays still (a moved brow dragged the hairline and temples along).
+WARP_REVISION = 9
 
 # Anchors every this many px along the crop border hold the frame in place (zero displacement).
 _BORDER_ANCHOR_STEP_FRACTION = 1.0 / 8.0
@@ -56,6 +57,9 @@ class WarpConfig:
                     (colours from the source's own eye when it shows one, else defaults), not stretched lid skin.
     brow_band:      brows move as a whole (mesh points above and below each brow point move with it), so a
                     raised or lowered brow keeps its thickness.
+    still_forehead_iod: a still mesh point this many inter-ocular distances above each brow point: the skin
+                    between brow and forehead stretches or bunches, the hairline and temples stay (0 = off, as
+                    revisions 1-8, where a moved brow dragged the forehead up to the crop border along).
     """
 
     smooth_iod: float = 0.04
@@ -66,6 +70,7 @@ class WarpConfig:
     close_lids: bool = True
     open_lids: bool = True
     brow_band: bool = True
+    still_forehead_iod: float = 0.4
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.smooth_iod <= 0.5:
@@ -76,6 +81,8 @@ class WarpConfig:
             raise ValueError(f"fraction_steps must be >= 0, got {self.fraction_steps}")
         if not 0.0 <= self.min_fraction <= 1.0:
             raise ValueError(f"min_fraction must be in [0, 1], got {self.min_fraction}")
+        if self.still_forehead_iod != 0.0 and not 0.3 <= self.still_forehead_iod <= 2.0:
+            raise ValueError(f"still_forehead_iod must be 0 (off) or in [0.3, 2], got {self.still_forehead_iod}")
 
 
 @dataclass
@@ -131,6 +138,12 @@ _BROW_BAND_IOD = (0.05, 0.07)   # above, below the brow points (the 68-point bro
 # nose root, jaw), in the source and the target, so a brow lowered onto a deep-set eye leaves the skin room to bunch.
 _BROW_BAND_ROOM = 0.35
 BROWS = tuple(range(17, 27))
+# A still forehead point is kept only while the brow's target, with the band above it, stays this far below it.
+_STILL_MARGIN_IOD = 0.1
+_TEMPLE_IOD = 0.3   # still temple points: this far out from each brow's outer end, along the eyes' axis
+# The forehead points take this share of their brow point's motion along the eyes' axis (none of the vertical): a
+# frown's brows drawn together pull the skin above them part of the way (0 cost real-face AU04 3 of 120 faces).
+_FOREHEAD_FOLLOW_X = 0.5
 _NOT_BROWS = tuple(i for i in range(68) if not 17 <= i <= 26)
 
 
@@ -171,8 +184,35 @@ def _opening_eyes(src: np.ndarray, dst: np.ndarray) -> list[list[int]]:
             if float(np.mean(src[list(lid[1:3]), 1] - dst[list(lid[1:3]), 1])) >= _LID_DOWN_MIN_PX]
 
 
+def _still_forehead(src: np.ndarray, dst: np.ndarray, size_px: int,
+                    above_iod: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mesh vertices [<= 12, 2] (source, target) where the forehead and temples stay while the brows move: one
+    above_iod above each brow point (along the face's vertical; it keeps none of the brow's vertical motion and
+    _FOREHEAD_FOLLOW_X of its motion along the eyes) and a fixed one _TEMPLE_IOD out from each brow's outer end, so
+    the hairline and the sides of the head do not follow the brows (without them the triangles from a moved brow
+    to the crop border dragged the forehead along). A forehead point the brow's target (with its band) would come
+    within _STILL_MARGIN_IOD of is left out, as is a temple point that close to any target point, or one off the
+    crop."""
+    if above_iod <= 0:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    frame = face_frame(src)
+    up, brows = -frame.y_axis, list(BROWS)
+    margin = _STILL_MARGIN_IOD * frame.iod_px
+    forehead = src[brows] + above_iod * frame.iod_px * up
+    keep_forehead = (forehead - dst[brows]) @ up >= _BROW_BAND_IOD[0] * frame.iod_px + margin
+    temples = np.stack([src[BROWS[0]] - _TEMPLE_IOD * frame.iod_px * frame.x_axis,
+                        src[BROWS[-1]] + _TEMPLE_IOD * frame.iod_px * frame.x_axis])
+    keep_temples = np.hypot(*(temples[:, None, :] - dst[None, :, :]).transpose(2, 0, 1)).min(1) >= margin
+    shift = _FOREHEAD_FOLLOW_X * ((dst[brows] - src[brows]) @ frame.x_axis)[:, None] * frame.x_axis[None, :]
+    points_src = np.concatenate([forehead[keep_forehead], temples[keep_temples]])
+    points_dst = np.concatenate([(forehead + shift)[keep_forehead], temples[keep_temples]])
+    on_crop = np.all((np.minimum(points_src, points_dst) > 0.5) & (np.maximum(points_src, points_dst) < size_px - 1.5),
+                     axis=1)
+    return points_src[on_crop], points_dst[on_crop]
+
+
 def _mesh(src: np.ndarray, dst: np.ndarray, size_px: int, brow_band: bool = True,
-          painted_eyes: tuple[list[int], ...] = ()) -> _Mesh:
+          painted_eyes: tuple[list[int], ...] = (), still_forehead_iod: float = 0.0) -> _Mesh:
     beyond = max(0.0, float(-np.min(dst) - 0.5), float(np.max(dst) - (size_px - 0.5)))
     anchors = border_anchors(size_px, outside_px=2.0 + 2.0 * beyond if beyond > 0 else 0.0)
     src, dst = _open_seams(src, src), _open_seams(dst, src)
@@ -180,8 +220,9 @@ def _mesh(src: np.ndarray, dst: np.ndarray, size_px: int, brow_band: bool = True
     close = np.hypot(*(dst[:, None, :] - dst[None, :, :]).transpose(2, 0, 1)) < _MIN_VERTEX_GAP_PX * 0.5
     keep = [i for i in range(len(dst)) if not close[i, :i].any()]
     band_src, band_dst = _brow_band(src, dst, size_px) if brow_band else (np.zeros((0, 2)), np.zeros((0, 2)))
-    vertices_dst = np.concatenate([dst[keep], band_dst, anchors])
-    vertices_src = np.concatenate([src[keep], band_src, anchors])
+    still_src, still_dst = _still_forehead(src, dst, size_px, still_forehead_iod)
+    vertices_dst = np.concatenate([dst[keep], band_dst, still_dst, anchors])
+    vertices_src = np.concatenate([src[keep], band_src, still_src, anchors])
     tri = Delaunay(vertices_dst)
     simplices = tri.simplices
     inner = np.zeros(len(vertices_dst), bool)
@@ -578,10 +619,11 @@ def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig
     for _ in range(config.fraction_steps + 1):
         goal = src + fraction * (dst - src)
         eyes = tuple(_opening_eyes(src, goal)) if config.open_lids else ()
-        mesh = _mesh(src, goal, size_px, config.brow_band, eyes)
+        mesh = _mesh(src, goal, size_px, config.brow_band, eyes, config.still_forehead_iod)
         worst = _worst_ratio(mesh)
         if worst <= config.min_jacobian and config.brow_band:   # the band's extra points can pinch a low brow
-            mesh = _mesh(src, goal, size_px, brow_band=False, painted_eyes=eyes)
+            mesh = _mesh(src, goal, size_px, brow_band=False, painted_eyes=eyes,
+                         still_forehead_iod=config.still_forehead_iod)
             worst = _worst_ratio(mesh)
         if worst > config.min_jacobian:
             best = (fraction, goal, mesh, worst, eyes)

@@ -43,10 +43,32 @@ def test_pixels_away_from_the_moved_features_are_exactly_unchanged(crop):
     ys, xs = np.nonzero(changed)
     brow_y = FACE[[21, 22], 1].mean()
     assert ys.max() < FACE[[40, 41, 46, 47], 1].max(), "a brow raise changed pixels below the eyes"
-    # the forehead above is pushed up too (the crop border holds still), but the change is largest at the brows
+    # the skin between the brows and the still forehead above them stretches, but the change is largest at the brows
     change_per_row = np.abs(result.image.astype(float) - crop).sum(axis=(1, 2))
     assert abs(int(np.argmax(change_per_row)) - brow_y) < 0.15 * 31
     assert not changed[int(FACE[:, 1].max()) + 2:].any()                      # nothing below the chin
+
+
+# A raise keeps the forehead still; a frown's drawing together pulls it half way (_FOREHEAD_FOLLOW_X).
+@pytest.mark.parametrize(("aus", "share"), [(("AU01", "AU02"), 0.15), (("AU04",), 0.5)])
+def test_a_moved_brow_leaves_the_hairline_and_temples_in_place(crop, aus, share):
+    # revisions 1-8 had no still points between the brows and the crop border: a brow raise moved the hairline
+    goal = EDITOR.shape_model.target_landmarks(FACE, np.zeros(17), sum(one_hot(a) for a in aus))
+    iod = face_frame(FACE).iod_px
+    top = int(FACE[17:27, 1].min() - 0.6 * iod)                                # the hairline: above the still row
+    rows = slice(int(FACE[17:27, 1].min()), int(FACE[36:48, 1].max()))          # temples: beside brows and eyes
+    left, right = int(FACE[17, 0] - 0.5 * iod), int(FACE[26, 0] + 0.5 * iod)
+
+    def change(config: WarpConfig) -> tuple[float, float, np.ndarray]:
+        result = warp_to_landmarks(crop, FACE, goal, config)
+        np.testing.assert_allclose(result.landmarks, goal, atol=1e-4)           # the brows moved all the way
+        d = np.abs(result.image.astype(float) - crop).mean(axis=-1)
+        return d[:top].mean(), max(d[rows, :left].max(), d[rows, right:].max()), d
+
+    hairline, temples, d = change(WarpConfig())
+    dragged, _, _ = change(WarpConfig(still_forehead_iod=0.0))
+    assert hairline < share * dragged and temples == 0.0, (hairline, dragged, temples)
+    assert d[top:rows.start].mean() > 2 * hairline                              # the brows changed most
 
 
 def test_the_named_points_reach_their_targets(crop):
