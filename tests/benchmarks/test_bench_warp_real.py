@@ -20,8 +20,10 @@ from benchmarks.bench_warp_real import (
     predictor_path,
     shared_data_dir,
     summarise,
+    unmoved_points,
 )
-from models.au_shape import default_au_shape_model
+from manifests.schema import AU_INDEX
+from models.au_shape import AUShapeModel, default_au_shape_model
 from tasks.warp import WarpEditor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,7 +74,7 @@ def test_judge_rejects_the_opposite_motion(package_faces, editor):
     before = detect_landmarks(face.crop, box).astype(np.float64)
     result = editor.edit(face.crop, before, np.zeros(17), one_hot("AU15"))
     after = detect_landmarks(result.image, box)
-    verdict = judge("AU12", before, after, result.landmarks.astype(np.float64), editor.shape_model)
+    verdict = judge("AU12", before, after, result.landmarks.astype(np.float64))
     assert not verdict["named_ok"]
     assert verdict["measured_px"]["corners up"] < 0.0
 
@@ -82,7 +84,20 @@ def test_unedited_crop_passes_no_check(package_faces, editor):
     box = face_box(face.crop)
     before = detect_landmarks(face.crop, box).astype(np.float64)
     for au in ("AU01", "AU04", "AU26", "AU45"):
-        assert not judge(au, before, before.copy(), before, editor.shape_model)["passed"]
+        assert not judge(au, before, before.copy(), before)["passed"]
+
+
+def test_a_model_that_moves_every_point_is_judged_on_the_facs_others(package_faces):
+    """A fitted model (fit-au-shape's residual or full modes) moves every point a little for an AU; the judge's
+    'others' stay the FACS default's, so --au-shape models are judged alike (it used to find no others and fail)."""
+    facs = default_au_shape_model()
+    basis = facs.basis.copy()
+    basis[AU_INDEX["AU12"]] += 0.002                                    # every point moves a little with AU12
+    fitted = AUShapeModel(basis, "fit:test")
+    others = unmoved_points("AU12")
+    assert 40 < len(others) < 68 and not np.isin([48, 54], others).any()
+    verdict = evaluate_face(package_faces[0], WarpEditor(fitted), aus=["AU12"])["aus"]["AU12"]
+    assert verdict["passed"] and verdict["others_mean_px"] < OTHERS_MAX_MEAN_PX
 
 
 def test_summary_counts_rejected_edits_as_failures():
