@@ -8,7 +8,8 @@ through the project's aligner, tasks.align.FaceAligner). For each face and each 
 (au_source = 0, au_target = one-hot 1.0) the detector is run on the edited crop and on the unedited crop with the
 same face box, so its own bias cancels; the named points must have moved the way FACS says by at least
 NAMED_MIN_PX and the points the FACS-authored default does not move at all for that AU must have moved less than
-OTHERS_MAX_MEAN_PX on average (the same points whichever shape model edits: --au-shape FILE is judged alike). Writes warp_real.json and warp_real_sheet.png.
+OTHERS_MAX_MEAN_PX on average (the same points whichever shape model edits: --au-shape FILE is judged alike).
+Writes warp_real.json and warp_real_sheet.png.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_warp_real --ck48-set 1 --tag warp_real_check
 
