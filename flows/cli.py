@@ -192,6 +192,10 @@ def _expand_settings(args: argparse.Namespace):
         if args.plan != "balance":
             raise UsageError("--group-regex applies to --plan balance")
         plan.setdefault("balance", {})["group_regex"] = args.group_regex
+    if args.fill_with is not None:
+        if args.plan != "balance":
+            raise UsageError("--fill-with applies to --plan balance")
+        plan.setdefault("balance", {})["fill_with"] = args.fill_with
     gate = QualityGate(min_ssim_to_source=args.min_ssim, max_au_fidelity=args.max_au_fidelity,
                        attention_range=tuple(args.attention_range) if args.attention_range else None)
     return ExpandSettings(
@@ -419,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="emotion/balance/interpolate plans: AU intensity range of the targets (0..1; default 0.3 0.6)")
     p.add_argument("--group-regex", help="balance plan: regex whose first group in source_id names a person (e.g. "
                                          "'^(S[0-9]+)_' for CK+); a person only gets emotions they do not show")
+    p.add_argument("--fill-with", choices=["other", "own"],
+                   help="balance plan: fill a class with edits of other classes' faces toward it (other, default) or "
+                        "of its own faces at another intensity (own: label-preserving, no other expression showing "
+                        "through)")
     p.add_argument("--per-source", type=_positive_int, default=3, help="N: edits kept per source (seeded choice)")
     p.add_argument("--emotions", type=int, nargs="+", help="emotion ids the emotion plan may target (default all)")
     p.add_argument("--regenerations", "-M", type=int, default=2, help="M SinGAN regenerations per edit (0: edits only)")

@@ -168,8 +168,10 @@ class ExpandSettings(BaseModel):
             exclude = exclude | {"singan_residual"}
         if self.singan_prior_faces == 0:
             exclude = exclude | {"singan_prior_faces", "singan_prior_iters", "singan_prior_batch", "singan_finetune_iters"}
-        if self.plan.balance.group_regex is None:
-            exclude = {**{name: True for name in exclude}, "plan": {"balance": {"group_regex"}}}
+        balance_defaults = {name for name, default in (("group_regex", None), ("fill_with", "other"))
+                            if getattr(self.plan.balance, name) == default}
+        if balance_defaults:
+            exclude = {**{name: True for name in exclude}, "plan": {"balance": balance_defaults}}
         return settings_hash(self, exclude=exclude)
 
     def job(self, run_id: str) -> ExpandJob:

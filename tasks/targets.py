@@ -450,6 +450,12 @@ class BalanceConfig:
                  source's group, e.g. "(S[0-9]+)_" for CK+ subjects. A source is then not given a label that its
                  group already shows in train (a person gets the expressions they lack); sources the pattern
                  does not match are their own group.
+    fill_with:   "other" (default): a class's deficit is filled with edits of other classes' sources toward its
+                 prototype (labelled with the target: the source's own expression may show through, e.g. a smile's
+                 teeth under Sadness). "own": with edits of the class's own sources toward their own prototype at
+                 another intensity (weaker or stronger, the label inherited: no such label noise), round robin
+                 over the class's sources; group_regex does not apply. A class whose prototype shows no AUs
+                 (Neutral) cannot be filled this way and is reported unfilled.
     """
 
     wanted: Mapping[int, float] | None = None
@@ -458,8 +464,11 @@ class BalanceConfig:
     intensity_range: tuple[float, float] = DEFAULT_INTENSITY_RANGE
     jitter: float = 0.05
     group_regex: str | None = None
+    fill_with: Literal["other", "own"] = "other"
 
     def __post_init__(self) -> None:
+        if self.fill_with not in ("other", "own"):
+            raise ValueError(f"BalanceConfig.fill_with={self.fill_with!r}: must be 'other' or 'own'")
         if self.wanted is not None:
             # JSON turns int keys into strings; take them back so configs round-trip.
             wanted = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in self.wanted.items()}
@@ -513,7 +522,8 @@ def balance_targets(counts: Mapping[int, int], wanted: Mapping[int, float] | Non
 
 
 def plan_balance(sources: Any, config: BalanceConfig = BalanceConfig(), run_seed: int = 0) -> Plan:
-    """Fill the classes' deficits (balance_targets - counts) with emotion edits of other-class train sources.
+    """Fill the classes' deficits (balance_targets - counts) with emotion edits of other-class train sources
+    (config.fill_with "own": with own-emotion edits of the class's sources, see BalanceConfig and _fill_with_own).
 
     Round r (r < cap_per_source) gives each source, in a seeded order, at most one more edit, to the class
     with the largest remaining deficit among those it is not (and, if possible, has not been given yet).
@@ -538,7 +548,9 @@ def plan_balance(sources: Any, config: BalanceConfig = BalanceConfig(), run_seed
     given: dict[str, list[int]] = {s.source_id: [] for s in train}
     budget = sum(deficits.values()) if config.max_edits is None else min(config.max_edits, sum(deficits.values()))
     edits: list[Edit] = []
-    for _ in range(config.cap_per_source):
+    if config.fill_with == "own":
+        edits = _fill_with_own(order, deficits, budget, config, run_seed)
+    for _ in range(config.cap_per_source if config.fill_with == "other" else 0):
         for source in order:
             if len(edits) >= budget:
                 break
@@ -553,6 +565,28 @@ def plan_balance(sources: Any, config: BalanceConfig = BalanceConfig(), run_seed
              f"{n - counts.get(label, 0) - deficits[label]}, unfilled {deficits[label]}"
              for label, n in targets.items()]
     return Plan(edits, rejects, notes)
+
+
+def _fill_with_own(order: list[Source], deficits: dict[int, int], budget: int, config: BalanceConfig,
+                   run_seed: int) -> list[Edit]:
+    """Own-emotion balance edits: round r (r < cap_per_source) gives each source of a class that still has a deficit,
+    in the seeded order, one more edit toward its own label's prototype at an intensity drawn from
+    config.intensity_range; labels are inherited. Updates deficits in place."""
+    edits: list[Edit] = []
+    given: dict[str, int] = {}
+    for _ in range(config.cap_per_source):
+        for source in order:
+            label = int(source.label)  # type: ignore[arg-type]
+            if len(edits) >= budget or deficits.get(label, 0) <= 0 or not EMOTION_PROTOTYPES.get(label):
+                continue
+            index = given.get(source.source_id, 0)
+            given[source.source_id] = index + 1
+            deficits[label] -= 1
+            seed = edit_seed(run_seed, source.source_id, "balance", index)
+            target = prototype_vector(label, np.random.default_rng(seed), config.intensity_range, config.jitter)
+            edits.append(Edit(source.source_id, "balance", index, "emotion", _vector(target), None, label,
+                              "inherited", seed, f"own:{EMOTIONS[label]}"))
+    return edits
 
 
 def _neediest(deficits: Mapping[int, int], taken: set[int], given: list[int]) -> int | None:

@@ -52,7 +52,11 @@ def test_expand_study_flags_reach_the_settings():
     own = _expand_settings(build_parser().parse_args(["expand", "p", "--out", "o", "--plan", "interpolate",
                                                       "--interpolate-to", "own", "--intensity", "0.3", "0.9"]))
     assert own.plan.interpolate.target == "own" and own.plan.interpolate.intensity_range == (0.3, 0.9)
+    filled = _expand_settings(build_parser().parse_args(["expand", "p", "--out", "o", "--plan", "balance",
+                                                         "--fill-with", "own"]))
+    assert filled.plan.balance.fill_with == "own"
     for flags, message in ((["--plan", "emotion", "--group-regex", "x"], "--plan balance"),
+                           (["--plan", "emotion", "--fill-with", "own"], "--fill-with applies"),
                            (["--plan", "emotion", "--interpolate-to", "own"], "--plan interpolate"),
                            (["--plan", "single_au", "--intensity", "0.1", "0.2"], "--intensity applies")):
         with pytest.raises(UsageError, match=message):

@@ -234,7 +234,7 @@ def test_warp_then_ganimation_editor(prepared, checkpoint, tmp_path):
 
 
 def test_settings_added_later_leave_the_config_hash_of_older_runs_alone():
-    """source_aus, balance.group_regex and the SinGAN prior settings at their defaults hash as before they
+    """source_aus, balance.group_regex / fill_with and the SinGAN prior settings at their defaults hash as before they
     existed (old outputs resume); set, they change the hash."""
     from manifests.schema import stable_hash
 
@@ -242,14 +242,15 @@ def test_settings_added_later_leave_the_config_hash_of_older_runs_alone():
     dump = settings.model_dump(mode="json", exclude={"device", "out", "fanout", "unit_deployment", "ganimation_batch",
                                                      "source_aus", "singan_prior_faces", "singan_prior_iters",
                                                      "singan_prior_batch", "singan_finetune_iters"})
-    del dump["plan"]["balance"]["group_regex"]
+    del dump["plan"]["balance"]["group_regex"], dump["plan"]["balance"]["fill_with"]
     assert settings.config_hash() == stable_hash(dump, 16)
     label = ExpandSettings(prepared="p", out="o", source_aus="label")
     grouped = ExpandSettings(prepared="p", out="o", plan=PlanSettings(kind="balance", balance={"group_regex": "(S[0-9]+)_"}))
     plain = ExpandSettings(prepared="p", out="o", plan=PlanSettings(kind="balance"))
     prior = ExpandSettings(prepared="p", out="o", singan_prior_faces=8)
+    own = ExpandSettings(prepared="p", out="o", plan=PlanSettings(kind="balance", balance={"fill_with": "own"}))
     assert len({settings.config_hash(), label.config_hash(), grouped.config_hash(), plain.config_hash(),
-                prior.config_hash()}) == 5
+                prior.config_hash(), own.config_hash()}) == 6
     assert ExpandSettings(prepared="p", out="o", singan_prior_iters=50).config_hash() == settings.config_hash()
     plain = ExpandSettings(prepared="p", out="o", singan_residual=False)  # hashes as before the option existed
     assert plain.config_hash() == stable_hash({k: v for k, v in dump.items() if k != "singan_residual"}, 16)

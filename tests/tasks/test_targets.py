@@ -222,6 +222,31 @@ def test_balance_fills_rafdb_minorities():
     assert {e.seed for e in plan.edits} == {e.seed for e in plan_balance(sources, BalanceConfig(cap_per_source=2)).edits}
 
 
+def test_balance_filled_with_own_faces_keeps_every_label():
+    """fill_with="own": a class is filled with its own faces at other intensities (no other expression under its
+    label), at most cap_per_source each; Neutral has no prototype to move along and stays unfilled."""
+    sources = _rafdb_like()
+    plan = plan_balance(sources, BalanceConfig(cap_per_source=2, fill_with="own", intensity_range=(0.3, 0.9)), run_seed=0)
+    added = plan_summary(plan, sources)["labels_added"]
+    assert added == {"Surprise": 2 * 1290, "Fear": 2 * 281, "Disgust": 2 * 717, "Happiness": 0,
+                     "Sadness": 4772 - 1982, "Anger": 2 * 705, "Neutral": 0}
+    per_source: dict[str, int] = {}
+    for edit in plan.edits:
+        assert edit.source_id.startswith(f"train_{edit.label}_")                     # the face's own class
+        assert edit.label_kind == "inherited" and edit.target == f"own:{EMOTIONS[edit.label]}"
+        own = [AU_INDEX[a] for a in EMOTION_PROTOTYPES[edit.label]]
+        values = np.asarray(edit.au_target)
+        assert np.all(values[np.setdiff1d(np.arange(N_AUS), own)] == 0) and np.all(values[own] > 0.2)
+        per_source[edit.source_id] = per_source.get(edit.source_id, 0) + 1
+    assert max(per_source.values()) == 2
+    assert any("Neutral" in note and "unfilled 2248" in note for note in plan.notes)
+    again = plan_balance(sources, BalanceConfig(cap_per_source=2, fill_with="own", intensity_range=(0.3, 0.9)))
+    assert [(e.source_id, e.au_target, e.seed) for e in again.edits] == [(e.source_id, e.au_target, e.seed)
+                                                                         for e in plan.edits]
+    with pytest.raises(ValueError, match="fill_with"):
+        BalanceConfig(fill_with="mine")
+
+
 def test_balance_cap_limits_and_reports_unfilled():
     sources = _rafdb_like()
     plan = plan_balance(sources, BalanceConfig(cap_per_source=1, max_edits=5000), run_seed=0)
