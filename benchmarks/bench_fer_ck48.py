@@ -13,9 +13,14 @@ Every step is the project's own CLI, run as a user would run it (the commands ar
    EMFACS prototype of its label (--source-aus label), so a surprised face edited to sadness loses its open jaw.
 3. expand again on a seeded subset of 40 sources with 2 SinGAN regenerations per edit (one SinGAN per edit,
    the demo's reduced fast preset): SinGAN costs ~20 CPU s per edit, too much for all of them here.
-4. evaluate-fer: 5 folds by subject x 3 seeds x 5 training sets, small CNN (width 16) at 48 px, 300 steps of 64,
+4. expand once more filling each class with its own faces instead (--fill-with own): the same expression weaker
+   or stronger, the label kept, so the class counts without the other-emotion edits' label noise.
+5. evaluate-fer: 5 folds by subject x 3 seeds x 6 training sets, small CNN (width 16) at 48 px, 300 steps of 64,
    no flips except in the 'aug' sets; paired comparisons.
-Writes benchmarks/results/fer_ck48.{json,md} and fer_ck48_sheet.png (sources, edits, regenerations).
+6. the control: augmentation with and without the own-face edits, both with class-balanced sampling (--balanced):
+   do the edits add anything that resampling the originals does not?
+Writes benchmarks/results/fer_ck48.{json,md}, fer_ck48_balanced.{json,md} and fer_ck48_sheet.png (sources, edits,
+regenerations).
 """
 from __future__ import annotations
 
@@ -47,18 +52,23 @@ SINGAN = ["expand", "{runs}/prep96", "--out", "{runs}/singan", "--plan", "balanc
           "--unit-size", "8", "--singan-preset", "fast_skip2", "--singan-set", "iters_per_scale=40",
           "--singan-set", "base_channels=16", "--singan-start", "N-3", "--singan-noise-gain", "2",
           "--singan-train-on", "edit", "--test-split", "omit"]
+OWN_EDITS = ["expand", "{runs}/prep96", "--out", "{runs}/edits_own", "--plan", "balance", "--fill-with", "own",
+             "--source-aus", "label", "--intensity", "0.3", "0.9", "-M", "0"]
 SETS = ["a=originals", "b=originals+aug", "c=originals+{runs}/edits:warp", "d=originals+{runs}/edits:warp+aug",
-        "e=originals+{runs}/edits:warp+{runs}/singan:singan"]
-COMPARE = ["a:b", "a:c", "b:d", "c:e", "a:d"]   # b:d is the practitioner's question
+        "e=originals+{runs}/edits:warp+{runs}/singan:singan", "j=originals+{runs}/edits_own:warp+aug"]
+COMPARE = ["a:b", "a:c", "b:d", "c:e", "a:d", "b:j"]   # b:d and b:j are the practitioner's questions
+BALANCED_SETS = ["b=originals+aug", "j=originals+{runs}/edits_own:warp+aug"]
 
 
-def study_command(runs: str, folds: int, seeds: list[int], steps: int, workers: int) -> list[str]:
-    cmd = ["evaluate-fer", "--original", f"{runs}/prep96", "--out", f"{runs}/study", "--folds", str(folds),
-           "--group-regex", GROUP_REGEX, "--seeds", *map(str, seeds), "--arch", "small_cnn", "--width", "16",
-           "--image-size", "48", "--steps", str(steps), "--batch-size", "64", "--no-hflip", "--workers", str(workers)]
-    for spec in SETS:
+def study_command(runs: str, folds: int, seeds: list[int], steps: int, workers: int, balanced: bool = False) -> list[str]:
+    """The study (balanced=False: every set, OUT runs/study) or its class-balanced control (runs/study_balanced)."""
+    cmd = ["evaluate-fer", "--original", f"{runs}/prep96", "--out", f"{runs}/study_balanced" if balanced else f"{runs}/study",
+           "--folds", str(folds), "--group-regex", GROUP_REGEX, "--seeds", *map(str, seeds), "--arch", "small_cnn",
+           "--width", "16", "--image-size", "48", "--steps", str(steps), "--batch-size", "64", "--no-hflip",
+           "--workers", str(workers)] + (["--balanced"] if balanced else [])
+    for spec in BALANCED_SETS if balanced else SETS:
         cmd += ["--train", spec.format(runs=runs)]
-    for pair in COMPARE:
+    for pair in ["b:j"] if balanced else COMPARE:
         cmd += ["--compare", pair]
     return cmd
 
@@ -87,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log: list[dict] = []
     fill = {"ck48": str(ck48), "runs": args.runs}
-    for template in (PREPARE, EDITS, SINGAN):
+    for template in (PREPARE, EDITS, SINGAN, OWN_EDITS):
         run_cli([a.format(**fill) for a in template], log)
     run_cli(study_command(args.runs, args.folds, args.seeds, args.steps, args.workers), log)
+    run_cli(study_command(args.runs, args.folds, args.seeds, args.steps, args.workers, balanced=True), log)
 
     results = ROOT / args.results
     results.mkdir(parents=True, exist_ok=True)
@@ -97,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     study["commands"] = log
     (results / "fer_ck48.json").write_text(json.dumps(study, indent=1))
     shutil.copyfile(ROOT / args.runs / "study" / "fer_study.md", results / "fer_ck48.md")
+    shutil.copyfile(ROOT / args.runs / "study_balanced" / "fer_study.json", results / "fer_ck48_balanced.json")
+    shutil.copyfile(ROOT / args.runs / "study_balanced" / "fer_study.md", results / "fer_ck48_balanced.md")
     shutil.copyfile(ROOT / args.runs / "singan" / "contact_sheet.png", results / "fer_ck48_sheet.png")
-    print(f"wrote {results / 'fer_ck48.md'}, {results / 'fer_ck48.json'}, {results / 'fer_ck48_sheet.png'}")
+    print(f"wrote {results / 'fer_ck48.md'}, {results / 'fer_ck48.json'}, {results / 'fer_ck48_balanced.md'}, "
+          f"{results / 'fer_ck48_sheet.png'}")
     return 0
 
 
