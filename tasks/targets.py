@@ -523,7 +523,7 @@ def balance_targets(counts: Mapping[int, int], wanted: Mapping[int, float] | Non
 
 def plan_balance(sources: Any, config: BalanceConfig = BalanceConfig(), run_seed: int = 0) -> Plan:
     """Fill the classes' deficits (balance_targets - counts) with emotion edits of other-class train sources
-    (config.fill_with "own": with own-emotion edits of the class's sources, see BalanceConfig and _fill_with_own).
+    (_fill_with_other; config.fill_with "own": own-emotion edits of the class's own sources, _fill_with_own).
 
     Round r (r < cap_per_source) gives each source, in a seeded order, at most one more edit, to the class
     with the largest remaining deficit among those it is not (and, if possible, has not been given yet).
@@ -540,17 +540,27 @@ def plan_balance(sources: Any, config: BalanceConfig = BalanceConfig(), run_seed
     targets = balance_targets(dict(counts), config.wanted) if train else {}
     deficits = {label: n - counts.get(label, 0) for label, n in targets.items()}
     order = sorted(train, key=lambda s: stable_hash([int(run_seed), "balance-order", s.source_id]))
-    # Labels a source must not get: its own, and with group_regex every label its group shows in train.
-    group_labels: dict[str, set[int]] = {}
-    for s in train:
-        group_labels.setdefault(source_group(s.source_id, config.group_regex), set()).add(s.label)  # type: ignore[arg-type]
-    taken = {s.source_id: group_labels[source_group(s.source_id, config.group_regex)] for s in train}
-    given: dict[str, list[int]] = {s.source_id: [] for s in train}
     budget = sum(deficits.values()) if config.max_edits is None else min(config.max_edits, sum(deficits.values()))
+    fill = _fill_with_own if config.fill_with == "own" else _fill_with_other
+    edits = fill(order, deficits, budget, config, run_seed)
+    notes = [f"balance: {EMOTIONS[label]} {counts.get(label, 0)} -> wanted {n}, planned "
+             f"{n - counts.get(label, 0) - deficits[label]}, unfilled {deficits[label]}"
+             for label, n in targets.items()]
+    return Plan(edits, rejects, notes)
+
+
+def _fill_with_other(order: list[Source], deficits: dict[int, int], budget: int, config: BalanceConfig,
+                     run_seed: int) -> list[Edit]:
+    """Other-class balance edits: round r (r < cap_per_source) gives each source, in the seeded order, at most one
+    more edit, toward the neediest label it may get (not its own; with group_regex none its group shows in train).
+    Updates deficits in place."""
+    group_labels: dict[str, set[int]] = {}
+    for s in order:
+        group_labels.setdefault(source_group(s.source_id, config.group_regex), set()).add(s.label)  # type: ignore[arg-type]
+    taken = {s.source_id: group_labels[source_group(s.source_id, config.group_regex)] for s in order}
+    given: dict[str, list[int]] = {s.source_id: [] for s in order}
     edits: list[Edit] = []
-    if config.fill_with == "own":
-        edits = _fill_with_own(order, deficits, budget, config, run_seed)
-    for _ in range(config.cap_per_source if config.fill_with == "other" else 0):
+    for _ in range(config.cap_per_source):
         for source in order:
             if len(edits) >= budget:
                 break
@@ -561,10 +571,7 @@ def plan_balance(sources: Any, config: BalanceConfig = BalanceConfig(), run_seed
             index = len(given[source.source_id])
             given[source.source_id].append(label)
             edits.append(_emotion_edit(source, "balance", index, label, run_seed, config.intensity_range, config.jitter))
-    notes = [f"balance: {EMOTIONS[label]} {counts.get(label, 0)} -> wanted {n}, planned "
-             f"{n - counts.get(label, 0) - deficits[label]}, unfilled {deficits[label]}"
-             for label, n in targets.items()]
-    return Plan(edits, rejects, notes)
+    return edits
 
 
 def _fill_with_own(order: list[Source], deficits: dict[int, int], budget: int, config: BalanceConfig,

@@ -57,9 +57,9 @@ class WarpConfig:
                     (colours from the source's own eye when it shows one, else defaults), not stretched lid skin.
     brow_band:      brows move as a whole (mesh points above and below each brow point move with it), so a
                     raised or lowered brow keeps its thickness.
-    still_forehead_iod: a still mesh point this many inter-ocular distances above each brow point: the skin
-                    between brow and forehead stretches or bunches, the hairline and temples stay (0 = off, as
-                    revisions 1-8, where a moved brow dragged the forehead up to the crop border along).
+    still_forehead_iod: a still mesh point this many inter-ocular distances above each brow point (and one beside
+                    each brow's outer end): the skin between brow and forehead stretches or bunches, the hairline
+                    and temples stay (0 = off, as revisions 1-8, where a moved brow dragged the forehead along).
     """
 
     smooth_iod: float = 0.04
