@@ -1,6 +1,6 @@
 """Does the expansion help a FER model on real faces? A subject-split study on CK+48, against standard augmentation.
 
-    .venv/bin/python -m benchmarks.bench_fer_ck48          # about 1 h on 2 cores (measured in parts); resumes
+    .venv/bin/python -m benchmarks.bench_fer_ck48          # 30 min to 1 h on 2 cores; resumes
 
 Every step is the project's own CLI, run as a user would run it (the commands are printed and recorded):
 1. prepare ../shared/data/ck48 (class folders; contempt dropped: not one of the 7 emotions; `happy` mapped to
