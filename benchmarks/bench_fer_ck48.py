@@ -57,7 +57,8 @@ OWN_EDITS = ["expand", "{runs}/prep96", "--out", "{runs}/edits_own", "--plan", "
 SETS = ["a=originals", "b=originals+aug", "c=originals+{runs}/edits:warp", "d=originals+{runs}/edits:warp+aug",
         "e=originals+{runs}/edits:warp+{runs}/singan:singan", "j=originals+{runs}/edits_own:warp+aug"]
 COMPARE = ["a:b", "a:c", "b:d", "c:e", "a:d", "b:j"]   # b:d and b:j are the practitioner's questions
-BALANCED_SETS = ["b=originals+aug", "j=originals+{runs}/edits_own:warp+aug"]
+BALANCED_COMPARE = "b:j"   # the class-balanced control: these two of SETS, both with --balanced
+BALANCED_SETS = [spec for spec in SETS if spec.split("=")[0] in BALANCED_COMPARE.split(":")]
 
 
 def study_command(runs: str, folds: int, seeds: list[int], steps: int, workers: int, balanced: bool = False) -> list[str]:
@@ -68,7 +69,7 @@ def study_command(runs: str, folds: int, seeds: list[int], steps: int, workers: 
            "--workers", str(workers)] + (["--balanced"] if balanced else [])
     for spec in BALANCED_SETS if balanced else SETS:
         cmd += ["--train", spec.format(runs=runs)]
-    for pair in ["b:j"] if balanced else COMPARE:
+    for pair in [BALANCED_COMPARE] if balanced else COMPARE:
         cmd += ["--compare", pair]
     return cmd
 

@@ -351,6 +351,13 @@ def evaluate_edits(generator: Generator, oracle: AUOracle, eval_set: EvalSet, ba
 EditorFn = Callable[[EvalSet, "BenchData"], tuple[np.ndarray, dict[str, float]]]
 
 
+def prepared_landmarks(data: BenchData) -> dict[str, np.ndarray]:
+    """source_id -> the prepared original's 68 landmarks [68, 2] (the renderer's exact points, via OpenFace CSVs)."""
+    table = read_manifest(data.prepared, columns=["source_id", "stage", "landmarks"]).to_pylist()
+    return {r["source_id"]: np.asarray(r["landmarks"], np.float64).reshape(68, 2)
+            for r in table if r["stage"] == "original"}
+
+
 def warp_editor_fn(au_shape_path: str | None = None) -> EditorFn:
     """The landmark warp as a benchmark editor: each held-out face's prepared landmarks (the renderer's exact
     68 points, read through the OpenFace CSV) and AUs -> its edit toward the target. A rejected edit counts as
@@ -362,8 +369,7 @@ def warp_editor_fn(au_shape_path: str | None = None) -> EditorFn:
     editor = WarpEditor(load_au_shape(au_shape_path))
 
     def run(eval_set: EvalSet, data: BenchData) -> tuple[np.ndarray, dict[str, float]]:
-        table = read_manifest(data.prepared, columns=["source_id", "stage", "landmarks"]).to_pylist()
-        landmarks = {r["source_id"]: r["landmarks"] for r in table if r["stage"] == "original"}
+        landmarks = prepared_landmarks(data)
         outputs, fractions, rejected = [], [], 0
         started = time.process_time()
         for sid, image, source, target in zip(eval_set.source_ids, eval_set.images, eval_set.source_aus, eval_set.targets):

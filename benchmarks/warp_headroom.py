@@ -33,9 +33,9 @@ from benchmarks.ganimation_bench import (  # noqa: E402
     build_benchmark_data,
     build_eval_set,
     evaluate_edits,
+    prepared_landmarks,
     warp_editor_fn,
 )
-from manifests.reader import read_manifest  # noqa: E402
 from models.ganimation import GANimationConfig  # noqa: E402
 from tasks.errors import RejectError  # noqa: E402
 from tasks.synthetic import Identity, RenderConfig, random_identity, render_face, render_landmarks68  # noqa: E402
@@ -58,9 +58,7 @@ def expression_lines(identity: Identity, source: np.ndarray, target: np.ndarray,
 def true_landmark_edits(eval_set: EvalSet, data: BenchData, render: RenderConfig) -> tuple[np.ndarray, int]:
     """The warp of each held-out face from its prepared landmarks to the renderer's true landmarks of its target
     (uint8 [N, S, S, 3]) and how many it refused (kept unedited)."""
-    table = read_manifest(data.prepared, columns=["source_id", "stage", "landmarks"]).to_pylist()
-    landmarks = {r["source_id"]: np.asarray(r["landmarks"], np.float64).reshape(68, 2)
-                 for r in table if r["stage"] == "original"}
+    landmarks = prepared_landmarks(data)
     out, refused = [], 0
     for sid, image, target in zip(eval_set.source_ids, eval_set.images, eval_set.targets):
         goal = render_landmarks68(random_identity(data.identity_seed[sid]), target, render)
