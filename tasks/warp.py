@@ -23,8 +23,11 @@ STAGE = "warp"
 # upper lid that goes up uncovers a still eyeball (sclera, iris, pupil painted) instead of stretching lid skin
 # into the opening, and the opening eye's own triangles are not held to the fold check (their inside is painted).
 # 8: the lash line at a moved lid's new edge is drawn opaque (3-7 blended a fifth of the lid skin into it). 9: the
-# forehead above the brows stays still (a moved brow dragged the hairline and temples along).
-WARP_REVISION = 9
+# forehead above the brows stays still (a moved brow dragged the hairline and temples along). 10: a mouth that is
+# already open opens as a jaw does: the upper teeth stay under the upper lip at their own height, the rest goes down
+# with the lower lip, and the gap between is painted cavity (9 stretched the source's open mouth, teeth and all,
+# over the whole new opening and painted only its rim).
+WARP_REVISION = 10
 
 # Anchors every this many px along the crop border hold the frame in place (zero displacement).
 _BORDER_ANCHOR_STEP_FRACTION = 1.0 / 8.0
@@ -47,7 +50,8 @@ class WarpConfig:
     fraction_steps: bisection steps when scaling back (the achieved fraction is recorded).
     min_fraction:   below this achieved fraction the edit is rejected (warp_folds) rather than kept.
     fill_mouth:     paint the newly exposed mouth interior (dark, shaded toward the corners, upper teeth)
-                    instead of stretching lip skin into it.
+                    instead of stretching lip skin into it; a mouth already open keeps its upper teeth under the
+                    upper lip at their height and what lies below them on the lower lip, with cavity between.
     close_lids:     an upper lid that comes down slides over the eye: the part of the eye it still leaves open is
                     kept in place (not squeezed), and the part it covers (plus a margin fading out above the old
                     lid line, where the old lashes were) is painted column by column with the skin just above
@@ -331,9 +335,11 @@ def _sample(image: np.ndarray, field: np.ndarray) -> np.ndarray:
     return cv2.remap(image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
-def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region: np.ndarray) -> np.ndarray:
+def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region: np.ndarray,
+                    teeth_on: bool = True) -> np.ndarray:
     """Colours [S, S, 3] for a newly opened mouth: a dark cavity from the lips' own colour, darker toward the
-    corners, with a band of upper teeth under the upper lip when the opening is tall enough."""
+    corners, with a band of upper teeth under the upper lip when the opening is tall enough (and teeth_on is set:
+    not when the source's own teeth are carried down with the upper lip)."""
     size = image.shape[0]
     lips = polygon_mask(src[list(OUTER_LIPS)], size) * (1.0 - polygon_mask(src[list(INNER_LIPS)], size))
     weight = lips.sum()
@@ -359,6 +365,7 @@ def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region:
     tooth_height = np.minimum(0.4 * opening, 0.1 * iod) * (1.0 - across ** 4)
     below_lip = ys - upper_y
     teeth = np.clip(np.minimum(below_lip + 0.5, tooth_height - below_lip + 0.5), 0.0, 1.0) * (opening > 0.12 * iod)
+    teeth = teeth if teeth_on else np.zeros_like(teeth)
     # Off-white, no brighter than the face's own light, in the shadow of the upper lip at the top, darker toward
     # the corners and the biting edge, with faint gaps between incisor-wide teeth (about 0.11 IOD).
     face_light = float(np.percentile(image.reshape(-1, 3).mean(-1), 90))
@@ -655,17 +662,92 @@ def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig
                     min_jacobian=worst)
 
 
-def _open_in_source(src_inner: np.ndarray, plan: WarpPlan) -> np.ndarray:
-    """[S, S] 0..1: output pixels of the target mouth that sample the source's own open mouth (kept as they are:
-    teeth, tongue), judged by the signed distance of their source position inside the source inner-lip polygon;
-    a closed source mouth (zero area) keeps nothing, so its whole new opening is painted."""
-    out = np.zeros(plan.opened.shape, np.float32)
-    contour = src_inner.astype(np.float32).reshape(-1, 1, 2)
+_UPPER_INNER = (60, 61, 62, 63, 64)
+_LOWER_INNER = (60, 67, 66, 65, 64)
+_SPLIT_SAMPLES = 24        # rows sampled across the source opening to find where its upper part ends
+_TEETH_OVER_LIPS = 1.15    # the source's upper part shows teeth when it is this much brighter than the lips
+_TEETH_MIN_LEVELS = 15.0   # ... and at least this many grey levels brighter
+_WIDER_PX = 0.25           # a column whose opening grows less than this keeps the warp's own mapping
+
+
+def _lip_curve(points: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    order = np.argsort(points[:, 0])
+    return np.interp(xs, points[order, 0], points[order, 1])
+
+
+def _luminance_at(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    grey = image.astype(np.float32).mean(-1)
+    return cv2.remap(grey, xs.astype(np.float32), ys.astype(np.float32), cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
+def _lip_luminance(image: np.ndarray, src: np.ndarray) -> float:
+    size = image.shape[0]
+    lips = polygon_mask(src[list(OUTER_LIPS)], size) * (1.0 - polygon_mask(src[list(INNER_LIPS)], size))
+    grey = image.astype(np.float64).mean(-1)
+    return float((grey * lips).sum() / lips.sum()) if lips.sum() > 1 else float(np.median(grey))
+
+
+def _upper_share(image: np.ndarray, src: np.ndarray) -> tuple[float, bool]:
+    """Where the source's open mouth divides into what hangs from the upper jaw (upper teeth) and what goes down
+    with the lower one, as a share of the opening's height, one share for the whole mouth: the first row, from the
+    top, of the opening's middle 60 % (averaged across it) that is darker than the lips, i.e. cavity; 1 when no
+    row is (teeth down to the lower lip: all of it hangs from the upper jaw). Also whether the upper part shows
+    teeth (brighter than the lips) rather than cavity."""
+    left, right = src[60, 0], src[64, 0]
+    xs = left + (right - left) * np.linspace(0.2, 0.8, 9)
+    up, lo = _lip_curve(src[list(_UPPER_INNER)], xs), _lip_curve(src[list(_LOWER_INNER)], xs)
+    shares = (np.arange(_SPLIT_SAMPLES) + 0.5) / _SPLIT_SAMPLES
+    grid_y = up[None, :] + shares[:, None] * np.maximum(lo - up, 0.0)[None, :]
+    profile = _luminance_at(image, np.broadcast_to(xs, grid_y.shape), grid_y).mean(axis=1)
+    lips = _lip_luminance(image, src)
+    dark = np.flatnonzero(profile < lips)
+    first_dark = int(dark[0]) if dark.size else _SPLIT_SAMPLES
+    upper = profile[:first_dark]
+    teeth = bool(upper.size > 0 and upper.mean() > _TEETH_OVER_LIPS * lips and upper.mean() - lips > _TEETH_MIN_LEVELS)
+    return first_dark / _SPLIT_SAMPLES, teeth
+
+
+def _carry_open_mouth(image: np.ndarray, src: np.ndarray, plan: WarpPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """A source mouth that is already open, opening further, as a jaw opens: what hangs from the upper jaw (the
+    upper teeth) stays under the upper lip at its own height, the rest goes down with the lower lip at its own
+    height, and only the gap between them is new cavity (to paint). Returns the carried colours [S, S, 3], their
+    weight [S, S], the weight of pixels that keep the plain warp's sample [S, S] (columns whose opening does not
+    grow), and whether the carried upper part shows teeth (then none are painted). A closed source carries
+    nothing: its whole opening is painted."""
+    size = image.shape[0]
+    nothing = np.zeros((size, size), np.float32)
     ys, xs = np.nonzero(plan.opened > 0)
-    for y, x in zip(ys, xs):
-        point = (float(x + plan.field[y, x, 0]), float(y + plan.field[y, x, 1]))
-        out[y, x] = np.clip(cv2.pointPolygonTest(contour, point, True) + 0.5, 0.0, 1.0)
-    return out
+    if ys.size == 0 or _polygon_area(src[list(INNER_LIPS)]) < 1.0:
+        return np.zeros((size, size, 3), np.float32), nothing, nothing, False
+    share, teeth = _upper_share(image, src)
+    dst = plan.landmarks.astype(np.float64)
+    x_src = xs + plan.field[ys, xs, 0].astype(np.float64)
+    up_s, lo_s = _lip_curve(src[list(_UPPER_INNER)], x_src), _lip_curve(src[list(_LOWER_INNER)], x_src)
+    up_d, lo_d = _lip_curve(dst[list(_UPPER_INNER)], xs), _lip_curve(dst[list(_LOWER_INNER)], xs)
+    open_s, open_d = np.maximum(lo_s - up_s, 0.0), np.maximum(lo_d - up_d, 0.0)
+    wider = open_d > open_s + _WIDER_PX
+    below_upper, above_lower = ys - up_d, lo_d - ys
+    upper_h = share * open_s if teeth else np.zeros_like(open_s)   # no teeth above: painted, teeth and all
+    lower_h = (1.0 - share) * open_s
+    w_upper = np.clip(upper_h - below_upper + 0.5, 0.0, 1.0) * (upper_h > 0)
+    w_lower = np.clip(lower_h - above_lower + 0.5, 0.0, 1.0) * (lower_h > 0)
+    w_lower = np.minimum(w_lower, 1.0 - w_upper)
+    map_x = np.zeros((size, size), np.float32)
+    map_up, map_lo = np.zeros((size, size), np.float32), np.zeros((size, size), np.float32)
+    map_x[ys, xs] = x_src
+    map_up[ys, xs] = up_s + below_upper
+    map_lo[ys, xs] = lo_s - above_lower
+
+    def sample(map_y: np.ndarray) -> np.ndarray:
+        return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+
+    weight_up, weight_lo, keep = nothing.copy(), nothing.copy(), nothing.copy()
+    weight_up[ys, xs] = np.where(wider, w_upper, 0.0)
+    weight_lo[ys, xs] = np.where(wider, w_lower, 0.0)
+    keep[ys, xs] = np.where(wider, 0.0, 1.0)
+    carried = sample(map_up) * weight_up[..., None] + sample(map_lo) * weight_lo[..., None]
+    return carried, weight_up + weight_lo, keep, teeth
 
 
 def warp_to_landmarks(image: np.ndarray, src: np.ndarray, dst: np.ndarray, config: WarpConfig = WarpConfig()) -> WarpResult:
@@ -680,12 +762,16 @@ def warp_to_landmarks(image: np.ndarray, src: np.ndarray, dst: np.ndarray, confi
     inner = list(INNER_LIPS)
     mouth_moved = np.abs(plan.landmarks[inner] - np.asarray(src, np.float64)[inner]).max() > 0.01
     if config.fill_mouth and mouth_moved and plan.opened.sum() > 0:
-        fill = np.clip(plan.opened - _open_in_source(np.asarray(src, np.float64)[inner], plan), 0.0, 1.0)
+        carried, carried_w, keep, teeth_shown = _carry_open_mouth(image, np.asarray(src, np.float64), plan)
+        carried_w, keep = carried_w * plan.opened, keep * plan.opened
+        fill = np.clip(plan.opened - carried_w - keep, 0.0, 1.0)
+        blended = out.astype(np.float64) * (1.0 - carried_w - fill)[..., None] + carried * plan.opened[..., None]
         if fill.sum() > 0:
-            colours = _mouth_interior(image, np.asarray(src, np.float64), plan.landmarks.astype(np.float64), fill)
-            blended = out.astype(np.float64) * (1.0 - fill[..., None]) + colours * fill[..., None]
-            out = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+            colours = _mouth_interior(image, np.asarray(src, np.float64), plan.landmarks.astype(np.float64), fill,
+                                      teeth_on=not teeth_shown)
+            blended = blended + colours * fill[..., None]
             filled = float(fill.sum())
+        out = np.clip(np.round(blended), 0, 255).astype(np.uint8)
     eyes = 0.0
     if config.open_lids:
         opened, eyes = _open_lids(image, out, np.asarray(src, np.float64), plan.landmarks.astype(np.float64))

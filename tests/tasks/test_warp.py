@@ -110,6 +110,47 @@ def test_opening_a_closed_mouth_paints_a_dark_interior_not_stretched_lips(crop):
     assert luminance(plain.image)[inner].mean() > luminance(result.image)[inner].mean()
 
 
+def _open_mouth_with_teeth(teeth_px: float) -> np.ndarray:
+    """A flat face with FACE's lips drawn: lip colour, and an open interior that shows a band of upper teeth
+    teeth_px tall under the upper inner lip, dark below it."""
+    image = np.full((SIZE, SIZE, 3), (200, 160, 140), np.uint8)
+    lips = polygon_mask(FACE[48:60], SIZE)[..., None]
+    inner = polygon_mask(FACE[list(INNER_LIPS)], SIZE)[..., None]
+    rows = np.arange(SIZE, dtype=float)[:, None, None]
+    upper = np.interp(np.arange(SIZE), FACE[60:65, 0], FACE[60:65, 1])[None, :, None]
+    teeth = np.clip(upper + teeth_px - rows + 0.5, 0.0, 1.0)
+    mouth = teeth * np.array([235.0, 230.0, 215.0]) + (1.0 - teeth) * np.array([45.0, 20.0, 25.0])
+    out = image * (1.0 - lips) + np.array([170.0, 80.0, 80.0]) * lips
+    out = out * (1.0 - inner) + mouth * inner
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def test_opening_an_open_mouth_keeps_the_teeth_with_the_upper_lip_and_shows_the_cavity_below():
+    # the jaw drops: the upper teeth stay under the upper lip at their own height, the dark cavity grows under
+    # them, the lower lip goes down (revision 9 stretched the whole source mouth, teeth included, into the opening)
+    image = _open_mouth_with_teeth(3.0)
+    result = EDITOR.edit(image, FACE, np.zeros(17), one_hot("AU26"))
+    dst = result.landmarks
+    assert dst[66, 1] - FACE[66, 1] > 5.0 and result.fraction == 1.0
+    luminance = result.image.astype(float).mean(-1)
+    column = luminance[:, 64]
+    top = int(np.ceil(dst[62, 1]))
+    assert np.all(column[top + 1:top + 3] > 200)                     # the teeth, where they were
+    assert np.all(column[top + 4:int(dst[66, 1]) - 1] < 70)          # then the cavity, down to the lower lip
+    teeth_rows = np.flatnonzero(luminance[int(FACE[62, 1]) - 2:int(dst[66, 1]) + 2, 60:69].mean(1) > 150)
+    assert 2 <= teeth_rows.size <= 4                                 # 3 px of teeth, not stretched
+
+
+def test_a_mouth_open_on_darkness_gets_painted_teeth_when_it_opens_wide():
+    # no teeth showed in the source: the opening is painted as for a closed mouth (cavity, upper teeth)
+    image = _open_mouth_with_teeth(0.0)
+    result = EDITOR.edit(image, FACE, np.zeros(17), one_hot("AU26"))
+    luminance = result.image.astype(float).mean(-1)
+    top = int(np.ceil(result.landmarks[62, 1]))
+    cavity = luminance[int(result.landmarks[66, 1]) - 2, 64]
+    assert result.mouth_filled_px > 20 and cavity < 70 and luminance[top:top + 3, 64].max() > 2.0 * cavity
+
+
 @pytest.mark.parametrize("height", [0.2, 0.5, 1.0, 3.0])
 def test_polygon_mask_covers_the_polygons_area_even_for_slivers(height):
     # a thin opening must paint its own area, not a pixel-wide anti-aliased band (0.2 px came out 9x its area)
