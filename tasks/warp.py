@@ -26,8 +26,9 @@ STAGE = "warp"
 # forehead above the brows stays still (a moved brow dragged the hairline and temples along). 10: a mouth that is
 # already open opens as a jaw does: the upper teeth stay under the upper lip at their own height, the rest goes down
 # with the lower lip, and the gap between is painted cavity (9 stretched the source's open mouth, teeth and all,
-# over the whole new opening and painted only its rim).
-WARP_REVISION = 10
+# over the whole new opening and painted only its rim). 11: inner lips the detector crossed by a little (pressed
+# lips) are settled to meet before the edit (10 moved the lower lip through the upper one: folds, refusals).
+WARP_REVISION = 11
 
 # Anchors every this many px along the crop border hold the frame in place (zero displacement).
 _BORDER_ANCHOR_STEP_FRACTION = 1.0 / 8.0
@@ -786,6 +787,25 @@ def warp_to_landmarks(image: np.ndarray, src: np.ndarray, dst: np.ndarray, confi
                       mouth_filled_px=filled, lid_painted_px=lids, eye_painted_px=eyes)
 
 
+_INNER_LIP_PAIRS = tuple(pair for pair in ORDERED_PAIRS if pair[0] in INNER_LIPS and pair[1] in INNER_LIPS)
+# Inner lips that the detector crossed by at most this (in inter-ocular distances, about 2.5 px at 128 px) are
+# pressed lips read with noise: before an edit both go to their mean height (lips that meet). A mouth crossed by more
+# is misread and left as it is (an edit that opens it then folds and is refused).
+_SETTLE_CROSSED_LIPS_IOD = 0.08
+
+
+def settle_crossed_lips(points: np.ndarray) -> np.ndarray:
+    """[68, 2] with each inner-lip pair (upper above lower) that the detector crossed, by no more than
+    _SETTLE_CROSSED_LIPS_IOD, put at its mean height. Opening crossed lips moved the lower lip through the upper
+    one: the triangles between them flipped and the edit was refused (5 of 120 real faces for AU25)."""
+    out = np.array(points, np.float64, copy=True)
+    limit = _SETTLE_CROSSED_LIPS_IOD * face_frame(out).iod_px
+    for upper, lower in _INNER_LIP_PAIRS:
+        if 0.0 < out[upper, 1] - out[lower, 1] <= limit:
+            out[upper, 1] = out[lower, 1] = 0.5 * (out[upper, 1] + out[lower, 1])
+    return out
+
+
 def check_au_vector(values, name: str) -> np.ndarray:
     """17 finite AU intensities in 0..1, or RejectError bad_au_target / bad_au_source."""
     array = np.asarray(values, np.float64) if values is not None else None
@@ -814,7 +834,7 @@ class WarpEditor:
         """One edit; RejectError for bad AU vectors, bad landmarks or a warp that would fold."""
         target = check_au_vector(au_target, "target")
         source = np.zeros(17) if au_source is None else check_au_vector(au_source, "source")
-        points = check_landmarks(landmarks, image.shape[0]).astype(np.float64)
+        points = settle_crossed_lips(check_landmarks(landmarks, image.shape[0]))
         try:
             goal = self.shape_model.target_landmarks(points, source, target)
         except ValueError as err:

@@ -8,7 +8,16 @@ import pytest
 from models.au_shape import AU_NAMES, INNER_LIPS, default_au_shape_model, face_frame
 from tasks.errors import RejectError
 from tasks.openface import synthetic_landmarks68
-from tasks.warp import WarpConfig, WarpEditor, _lash_half_width, jacobian_det, plan_warp, polygon_mask, warp_to_landmarks
+from tasks.warp import (
+    WarpConfig,
+    WarpEditor,
+    _lash_half_width,
+    jacobian_det,
+    plan_warp,
+    polygon_mask,
+    settle_crossed_lips,
+    warp_to_landmarks,
+)
 
 SIZE = 128
 FACE = synthetic_landmarks68((64.0, 58.0), 31.0).astype(np.float32)
@@ -149,6 +158,30 @@ def test_a_mouth_open_on_darkness_gets_painted_teeth_when_it_opens_wide():
     top = int(np.ceil(result.landmarks[62, 1]))
     cavity = luminance[int(result.landmarks[66, 1]) - 2, 64]
     assert result.mouth_filled_px > 20 and cavity < 70 and luminance[top:top + 3, 64].max() > 2.0 * cavity
+
+
+def test_pressed_lips_the_detector_crossed_open_as_far_as_lips_that_meet(crop):
+    # CK+48 pressed lips come back from the detector with the lower inner lip 1-1.3 px above the upper one. Opening
+    # them moved the lower lip through the upper one: on real faces the triangles between them flipped and the edit
+    # was refused (5 of 120 faces for AU25); here the crossing ate half of the opening
+    crossed = CLOSED.copy()
+    crossed[[61, 62, 63], 1] += 0.7
+    crossed[[67, 66, 65], 1] -= 0.7
+    result = EDITOR.edit(crop, crossed, np.zeros(17), one_hot("AU25"))
+    meeting = EDITOR.edit(crop, CLOSED, np.zeros(17), one_hot("AU25"))
+    gap = lambda r: r.landmarks[[65, 66, 67], 1] - r.landmarks[[63, 62, 61], 1]  # noqa: E731
+    assert result.fraction == 1.0 and result.mouth_filled_px > 5
+    assert np.all(np.abs(gap(result) - gap(meeting)) < 0.3)
+    settled = settle_crossed_lips(crossed)
+    assert np.allclose(settled[[61, 62, 63], 1], settled[[67, 66, 65], 1])
+    assert np.array_equal(np.delete(settled, [61, 62, 63, 65, 66, 67], 0), np.delete(crossed, [61, 62, 63, 65, 66, 67], 0))
+
+
+def test_a_misread_mouth_is_not_settled():
+    # lips crossed by a fifth of the eye distance are a misread mouth, not noise: left as the detector put them
+    misread = CLOSED.copy()
+    misread[[67, 66, 65], 1] -= 0.2 * face_frame(CLOSED).iod_px
+    assert np.array_equal(settle_crossed_lips(misread), misread.astype(np.float64))
 
 
 @pytest.mark.parametrize("height", [0.2, 0.5, 1.0, 3.0])
