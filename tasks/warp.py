@@ -336,16 +336,24 @@ def _sample(image: np.ndarray, field: np.ndarray) -> np.ndarray:
     return cv2.remap(image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
+def _lip_colour(image: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """Mean RGB [3] of the source's lips (between the outer and the inner lip line); the image's median where
+    the lips cover no area."""
+    size = image.shape[0]
+    lips = polygon_mask(src[list(OUTER_LIPS)], size) * (1.0 - polygon_mask(src[list(INNER_LIPS)], size))
+    weight = lips.sum()
+    if weight > 1:
+        return (image.reshape(-1, 3).astype(np.float64) * lips.reshape(-1, 1)).sum(0) / weight
+    return np.median(image.reshape(-1, 3), axis=0).astype(np.float64)
+
+
 def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region: np.ndarray,
                     teeth_on: bool = True) -> np.ndarray:
     """Colours [S, S, 3] for a newly opened mouth: a dark cavity from the lips' own colour, darker toward the
     corners, with a band of upper teeth under the upper lip when the opening is tall enough (and teeth_on is set:
     not when the source's own teeth are carried down with the upper lip)."""
     size = image.shape[0]
-    lips = polygon_mask(src[list(OUTER_LIPS)], size) * (1.0 - polygon_mask(src[list(INNER_LIPS)], size))
-    weight = lips.sum()
-    lip_colour = (image.reshape(-1, 3).astype(np.float64) * lips.reshape(-1, 1)).sum(0) / weight if weight > 1 else \
-        np.median(image.reshape(-1, 3), axis=0).astype(np.float64)
+    lip_colour = _lip_colour(image, src)
     gray = bool(np.all(image[..., 0] == image[..., 1]) and np.all(image[..., 1] == image[..., 2]))
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     left, right = dst[60], dst[64]
@@ -682,13 +690,6 @@ def _luminance_at(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarr
                      borderMode=cv2.BORDER_REPLICATE)
 
 
-def _lip_luminance(image: np.ndarray, src: np.ndarray) -> float:
-    size = image.shape[0]
-    lips = polygon_mask(src[list(OUTER_LIPS)], size) * (1.0 - polygon_mask(src[list(INNER_LIPS)], size))
-    grey = image.astype(np.float64).mean(-1)
-    return float((grey * lips).sum() / lips.sum()) if lips.sum() > 1 else float(np.median(grey))
-
-
 def _upper_share(image: np.ndarray, src: np.ndarray) -> tuple[float, bool]:
     """Where the source's open mouth divides into what hangs from the upper jaw (upper teeth) and what goes down
     with the lower one, as a share of the opening's height, one share for the whole mouth: the first row, from the
@@ -701,7 +702,7 @@ def _upper_share(image: np.ndarray, src: np.ndarray) -> tuple[float, bool]:
     shares = (np.arange(_SPLIT_SAMPLES) + 0.5) / _SPLIT_SAMPLES
     grid_y = up[None, :] + shares[:, None] * np.maximum(lo - up, 0.0)[None, :]
     profile = _luminance_at(image, np.broadcast_to(xs, grid_y.shape), grid_y).mean(axis=1)
-    lips = _lip_luminance(image, src)
+    lips = float(_lip_colour(image, src).mean())
     dark = np.flatnonzero(profile < lips)
     first_dark = int(dark[0]) if dark.size else _SPLIT_SAMPLES
     upper = profile[:first_dark]
