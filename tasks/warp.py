@@ -336,6 +336,17 @@ def _sample(image: np.ndarray, field: np.ndarray) -> np.ndarray:
     return cv2.remap(image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
+_UPPER_INNER = (60, 61, 62, 63, 64)   # the inner lip lines, corner to corner
+_LOWER_INNER = (60, 67, 66, 65, 64)
+
+
+def _line_y(points: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The height at each x of the line through points [K, 2] (a lid, a lip): piecewise linear, held flat beyond
+    its ends."""
+    order = np.argsort(points[:, 0])
+    return np.interp(xs, points[order, 0], points[order, 1])
+
+
 def _lip_colour(image: np.ndarray, src: np.ndarray) -> np.ndarray:
     """Mean RGB [3] of the source's lips (between the outer and the inner lip line); the image's median where
     the lips cover no area."""
@@ -363,12 +374,7 @@ def _mouth_interior(image: np.ndarray, src: np.ndarray, dst: np.ndarray, region:
     cavity = lip_colour * 0.28
     colours = cavity[None, None, :] * shade[..., None]
     # Upper teeth: below the upper inner lip (60..64), as tall as 40 % of the opening (at most 0.1 IOD).
-    upper = dst[[60, 61, 62, 63, 64]]
-    lower = dst[[64, 65, 66, 67, 60]]
-    order = np.argsort(upper[:, 0])
-    upper_y = np.interp(xs, upper[order, 0], upper[order, 1])
-    order = np.argsort(lower[:, 0])
-    lower_y = np.interp(xs, lower[order, 0], lower[order, 1])
+    upper_y, lower_y = _line_y(dst[list(_UPPER_INNER)], xs), _line_y(dst[list(_LOWER_INNER)], xs)
     opening = np.maximum(lower_y - upper_y, 0.0)
     iod = face_frame(dst).iod_px
     tooth_height = np.minimum(0.4 * opening, 0.1 * iod) * (1.0 - across ** 4)
@@ -403,19 +409,13 @@ _LID_MARGIN_IOD = 0.04         # a lowered lid's skin also covers this far above
                                # is sampled 1 px above that
 
 
-def _lid_line(lid: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """The lid's height at each x (piecewise linear through its points, held flat beyond its corners)."""
-    order = np.argsort(lid[:, 0])
-    return np.interp(xs, lid[order, 0], lid[order, 1])
-
-
 def _lid_skin(window: np.ndarray, lid: np.ndarray, above_px: float, box: tuple[slice, slice]) -> np.ndarray:
     """The colour a lowered lid takes, column by column [1, w, 3]: the skin `above_px` over the source lid line in
     the warped window (the lid's own skin, which the warp has brought down with it), averaged over 3 columns. A
     lid in a shadowed socket stays as dark as the socket, a lit one as light as its skin, instead of one flat
     colour from a wider band, which painted a pale strip across dark sockets."""
     xs = np.arange(box[1].start, box[1].stop, dtype=np.float64)
-    rows = _lid_line(lid, xs) - above_px - box[0].start
+    rows = _line_y(lid, xs) - above_px - box[0].start
     rows = np.clip(np.round(rows).astype(int), 0, window.shape[0] - 1)
     colours = window[rows, np.arange(window.shape[1])].astype(np.float32)[None]
     return cv2.blur(colours, (3, 1), borderType=cv2.BORDER_REPLICATE).astype(np.float64)
@@ -429,7 +429,7 @@ def _above_lid(lid: np.ndarray, margin: float, box: tuple[slice, slice]) -> np.n
     left, right = lid[:, 0].min(), lid[:, 0].max()
     t = np.clip((xs - left) / max(right - left, 1e-6), 0.0, 1.0)
     local = margin * np.sin(np.pi * t) ** 0.5
-    above = _lid_line(lid, xs) - ys
+    above = _line_y(lid, xs) - ys
     weight = np.where((above >= 0.0) & (local > 1e-6), 1.0 - above / np.maximum(local, 1e-6), 0.0)
     return np.clip(weight, 0.0, 1.0)
 
@@ -559,7 +559,7 @@ def _eyeball(image: np.ndarray, src: np.ndarray, dst: np.ndarray, eye: list[int]
     lids = src if shows_eye else dst
     lower = [eye[0], eye[5], eye[4], eye[3]]
     if centre_y is None:
-        centre_y = float(_lid_line(lids[lower], np.array([centre_x]))[0]) - _IRIS_ON_LID * radius
+        centre_y = float(_line_y(lids[lower], np.array([centre_x]))[0]) - _IRIS_ON_LID * radius
     centre = np.array([centre_x, centre_y])
     h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
     xs = np.arange(box[1].start, box[1].stop, dtype=np.float64)[None, :, None]
@@ -671,17 +671,10 @@ def plan_warp(src: np.ndarray, dst: np.ndarray, size_px: int, config: WarpConfig
                     min_jacobian=worst)
 
 
-_UPPER_INNER = (60, 61, 62, 63, 64)
-_LOWER_INNER = (60, 67, 66, 65, 64)
 _SPLIT_SAMPLES = 24        # rows sampled across the source opening to find where its upper part ends
 _TEETH_OVER_LIPS = 1.15    # the source's upper part shows teeth when it is this much brighter than the lips
 _TEETH_MIN_LEVELS = 15.0   # ... and at least this many grey levels brighter
 _WIDER_PX = 0.25           # a column whose opening grows less than this keeps the warp's own mapping
-
-
-def _lip_curve(points: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    order = np.argsort(points[:, 0])
-    return np.interp(xs, points[order, 0], points[order, 1])
 
 
 def _luminance_at(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -698,7 +691,7 @@ def _upper_share(image: np.ndarray, src: np.ndarray) -> tuple[float, bool]:
     teeth (brighter than the lips) rather than cavity."""
     left, right = src[60, 0], src[64, 0]
     xs = left + (right - left) * np.linspace(0.2, 0.8, 9)
-    up, lo = _lip_curve(src[list(_UPPER_INNER)], xs), _lip_curve(src[list(_LOWER_INNER)], xs)
+    up, lo = _line_y(src[list(_UPPER_INNER)], xs), _line_y(src[list(_LOWER_INNER)], xs)
     shares = (np.arange(_SPLIT_SAMPLES) + 0.5) / _SPLIT_SAMPLES
     grid_y = up[None, :] + shares[:, None] * np.maximum(lo - up, 0.0)[None, :]
     profile = _luminance_at(image, np.broadcast_to(xs, grid_y.shape), grid_y).mean(axis=1)
@@ -725,8 +718,8 @@ def _carry_open_mouth(image: np.ndarray, src: np.ndarray, plan: WarpPlan) -> tup
     share, teeth = _upper_share(image, src)
     dst = plan.landmarks.astype(np.float64)
     x_src = xs + plan.field[ys, xs, 0].astype(np.float64)
-    up_s, lo_s = _lip_curve(src[list(_UPPER_INNER)], x_src), _lip_curve(src[list(_LOWER_INNER)], x_src)
-    up_d, lo_d = _lip_curve(dst[list(_UPPER_INNER)], xs), _lip_curve(dst[list(_LOWER_INNER)], xs)
+    up_s, lo_s = _line_y(src[list(_UPPER_INNER)], x_src), _line_y(src[list(_LOWER_INNER)], x_src)
+    up_d, lo_d = _line_y(dst[list(_UPPER_INNER)], xs), _line_y(dst[list(_LOWER_INNER)], xs)
     open_s, open_d = np.maximum(lo_s - up_s, 0.0), np.maximum(lo_d - up_d, 0.0)
     wider = open_d > open_s + _WIDER_PX
     below_upper, above_lower = ys - up_d, lo_d - ys
