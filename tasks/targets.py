@@ -311,11 +311,14 @@ class EmotionConfig:
 
 
 def _emotion_edit(source: Source, planner: str, index: int, emotion: int, run_seed: int,
-                  intensity_range: tuple[float, float], jitter: float) -> Edit:
+                  intensity_range: tuple[float, float], jitter: float, label_kind: str = "target",
+                  note: str = "emotion") -> Edit:
+    """An edit toward emotion's prototype at a seeded intensity, labelled with it ("target"), or, for a source's
+    own emotion, with the label the source already has ("inherited", note "own")."""
     seed = edit_seed(run_seed, source.source_id, planner, index)
     target = prototype_vector(emotion, np.random.default_rng(seed), intensity_range, jitter)
-    return Edit(source.source_id, planner, index, "emotion", _vector(target), None, emotion, "target", seed,
-                f"emotion:{EMOTIONS[emotion]}")
+    return Edit(source.source_id, planner, index, "emotion", _vector(target), None, emotion, label_kind, seed,
+                f"{note}:{EMOTIONS[emotion]}")
 
 
 def plan_emotion(sources: Any, config: EmotionConfig = EmotionConfig(), run_seed: int = 0) -> Plan:
@@ -589,10 +592,8 @@ def _fill_with_own(order: list[Source], deficits: dict[int, int], budget: int, c
             index = given.get(source.source_id, 0)
             given[source.source_id] = index + 1
             deficits[label] -= 1
-            seed = edit_seed(run_seed, source.source_id, "balance", index)
-            target = prototype_vector(label, np.random.default_rng(seed), config.intensity_range, config.jitter)
-            edits.append(Edit(source.source_id, "balance", index, "emotion", _vector(target), None, label,
-                              "inherited", seed, f"own:{EMOTIONS[label]}"))
+            edits.append(_emotion_edit(source, "balance", index, label, run_seed, config.intensity_range,
+                                       config.jitter, label_kind="inherited", note="own"))
     return edits
 
 
